@@ -1,0 +1,28 @@
+# The README's two commands: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 0.0.0.0
+PORT ?= 8000
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -e .
+
+install-dev: $(BIN)/python
+	./scripts/install-system-deps.sh
+	$(BIN)/pip install -e '.[dev]'
+
+serve: install
+	$(BIN)/icseg serve --host $(HOST) --port $(PORT)
+
+lint:
+	$(BIN)/ruff check .
+
+test: install-dev lint
+	$(BIN)/pytest -q
+
+.PHONY: install install-dev serve lint test

@@ -1,0 +1,1 @@
+"""Image and volume I/O, preprocessing, synthetic tasks and datasets."""
