@@ -1,0 +1,51 @@
+"""Dependencies: routes receive the settings, the model, the prompt store and the jobs through these."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
+
+from app.errors import ApiError
+from app.jobs import JobManager
+from app.metrics import Metrics
+from app.model_service import ModelService
+from app.prompts import Prompts
+from app.settings import Settings
+
+# documents the bearer scheme in OpenAPI (the Authorize button of /docs); the check itself happens in
+# app.middleware before the body is read
+bearer_scheme = HTTPBearer(auto_error=False, description="one of ICSEG_API_KEYS, when keys are configured")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_model(request: Request) -> ModelService:
+    model = request.app.state.model
+    if model is None:
+        raise ApiError(503, f"the model is not loaded: {request.app.state.model_error}", code="model_not_ready",
+                       field="weights")
+    return model
+
+
+def get_prompts(request: Request) -> Prompts:
+    return request.app.state.prompts
+
+
+def get_jobs(request: Request) -> JobManager:
+    return request.app.state.jobs
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelDep = Annotated[ModelService, Depends(get_model)]
+PromptsDep = Annotated[Prompts, Depends(get_prompts)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+AUTH = [Depends(bearer_scheme)]

@@ -1,0 +1,206 @@
+"""Volume jobs: a bounded worker pool, progress, cancellation and results kept for a limited time.
+
+Jobs live in memory (a restart forgets them); results are files under ``ICSEG_DATA_DIR/jobs``, written
+atomically and removed when the job expires or is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.errors import ApiError
+from app.metrics import Metrics
+from model.errors import IcsegError
+
+log = logging.getLogger(__name__)
+
+JobWork = Callable[[Callable[[int, int], None]], tuple[bytes, str, str]]  # progress -> (bytes, media type, ext)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@dataclass
+class Job:
+    id: str
+    total: int
+    status: str = "queued"  # queued | running | done | failed | cancelled
+    done: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    error: dict | None = None
+    result_path: Path | None = None
+    media_type: str | None = None
+    extension: str | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    future: Future | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "failed", "cancelled")
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "progress": {"done": self.done, "total": self.total},
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "expires_at": self.expires_at,
+            "error": self.error,
+            "result": f"/jobs/{self.id}/result" if self.status == "done" else None,
+        }
+
+
+class JobManager:
+    """Runs ``JobWork`` callables on ``workers`` threads; at most ``workers + queue_size`` unfinished jobs."""
+
+    def __init__(self, data_dir: Path, workers: int, queue_size: int, result_ttl_s: int, metrics: Metrics):
+        self.dir = Path(data_dir) / "jobs"
+        shutil.rmtree(self.dir, ignore_errors=True)  # results of a previous process are unreachable
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.workers = workers
+        self.capacity = workers + queue_size
+        self.result_ttl_s = result_ttl_s
+        self.metrics = metrics
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="icseg-job")
+        self._jobs: dict[str, Job] = {}
+        self._active = 0  # submitted and not yet returned (a cancelled job counts until its thread lets go)
+        self._durations: deque[float] = deque(maxlen=20)
+        self._lock = threading.Lock()
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: mean job time x jobs ahead / workers."""
+        mean = sum(self._durations) / len(self._durations) if self._durations else 5.0
+        ahead = max(1, self._active - self.workers + 1)
+        return int(min(3600, max(1, math.ceil(mean * ahead / self.workers))))
+
+    def _busy(self) -> ApiError:
+        return ApiError(429, f"{self._active} jobs are queued or running, the most this server takes; retry later",
+                        code="busy", headers={"Retry-After": str(self.retry_after())})
+
+    def ensure_room(self) -> None:
+        """429 before the upload is decoded when no slot is free (``submit`` checks again)."""
+        if self._active >= self.capacity:
+            raise self._busy()
+
+    def submit(self, work: JobWork, total: int) -> Job:
+        with self._lock:
+            if self._active >= self.capacity:
+                raise self._busy()
+            job = Job(id=uuid.uuid4().hex, total=total)
+            self._jobs[job.id] = job
+            self._active += 1
+        job.future = self._executor.submit(self._run, job, work)
+        self._update_gauges()
+        return job
+
+    def _run(self, job: Job, work: JobWork) -> None:
+        try:
+            if job.cancel_event.is_set():
+                raise JobCancelled
+            job.status, job.started_at = "running", time.time()
+            self._update_gauges()
+
+            def progress(done: int, total: int) -> None:
+                if job.cancel_event.is_set():
+                    raise JobCancelled
+                job.done, job.total = done, total
+
+            payload, media_type, extension = work(progress)
+            if job.cancel_event.is_set():
+                raise JobCancelled
+            path = self.dir / f"{job.id}{extension}"
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(payload)
+            os.replace(tmp, path)
+            job.result_path, job.media_type, job.extension = path, media_type, extension
+            job.done = job.total
+            job.status = "done"
+        except JobCancelled:
+            job.status = "cancelled"
+        except IcsegError as exc:  # the user's input, found out while running
+            job.status = "failed"
+            job.error = {"code": exc.code, "message": exc.message, "field": exc.field}
+        except ApiError as exc:
+            job.status = "failed"
+            job.error = {"code": exc.code, "message": exc.message, "field": exc.field}
+        except Exception:  # noqa: BLE001 - reported on the job; details only in the log
+            log.exception("job failed")
+            job.status = "failed"
+            job.error = {"code": "internal", "message": "the job failed on the server; see the server log",
+                         "field": None}
+        finally:
+            job.finished_at = time.time()
+            job.expires_at = job.finished_at + self.result_ttl_s
+            if job.started_at is not None:
+                self._durations.append(job.finished_at - job.started_at)
+            with self._lock:
+                self._active -= 1
+                forgotten = job.id not in self._jobs
+            if forgotten and job.result_path is not None:  # deleted while it ran
+                job.result_path.unlink(missing_ok=True)
+            self._update_gauges()
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None or (job.expires_at is not None and time.time() >= job.expires_at):
+            raise ApiError(404, f"no job with id {job_id!r} (unknown, deleted or expired)", code="job_not_found",
+                           field="job_id")
+        return job
+
+    def delete(self, job_id: str) -> Job:
+        """Cancel a queued or running job, or forget a finished one and its result."""
+        job = self.get(job_id)
+        job.cancel_event.set()
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            if job.future is not None and job.future.cancel():  # never started: its thread will not count down
+                self._active -= 1
+                job.status = "cancelled"
+        if job.result_path is not None:
+            job.result_path.unlink(missing_ok=True)
+        self._update_gauges()
+        return job
+
+    def sweep(self) -> int:
+        now = time.time()
+        with self._lock:
+            expired = [j for j in self._jobs.values() if j.expires_at is not None and now >= j.expires_at]
+            for job in expired:
+                self._jobs.pop(job.id, None)
+        for job in expired:
+            if job.result_path is not None:
+                job.result_path.unlink(missing_ok=True)
+        if expired:
+            self._update_gauges()
+        return len(expired)
+
+    def _update_gauges(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for state in ("queued", "running", "done", "failed", "cancelled"):
+            self.metrics.jobs.labels(state).set(sum(j.status == state for j in jobs))
+
+    def shutdown(self) -> None:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.cancel_event.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,93 @@
+"""One ASGI middleware in front of every request: request id, API keys, body size, metrics, access log.
+
+API keys and the declared body size are checked here, before FastAPI reads a byte of the body, so an
+unauthenticated or oversized upload costs nothing. Bodies without a Content-Length are cut off by
+FastAPI's ``max_body_size`` while they stream. The access log holds the route *template*, the status
+and the time: never paths with ids, file names, headers or content.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import error_response
+from app.metrics import Metrics
+from app.settings import Settings
+
+log = logging.getLogger("icseg.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
+
+
+def key_matches(token: str, keys: list[str]) -> bool:
+    """Constant-time comparison against every key (no early exit that would tell which one was close)."""
+    token_bytes = token.encode()
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token_bytes, key.encode())
+    return ok
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics):
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.public = {"/healthz", "/readyz"}
+        if settings.docs:
+            self.public |= {"/docs", "/docs/oauth2-redirect", "/openapi.json"}
+
+    def _reject(self, scope: Scope, headers: Headers):
+        """A response for a request that must not reach the app, or None."""
+        keys = self.settings.api_keys
+        if keys and scope["path"] not in self.public and scope["method"] != "OPTIONS":
+            scheme, _, token = headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not key_matches(token.strip(), keys):
+                return error_response(401, "unauthorized", "send a valid API key as `Authorization: Bearer <key>`",
+                                      "Authorization", headers={"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.settings.max_upload_bytes:
+            return error_response(413, "too_large", f"the request body is {int(length):,} bytes, above the limit of "
+                                  f"{self.settings.max_upload_bytes:,} (ICSEG_MAX_UPLOAD_MB)", None)
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        headers = Headers(scope=scope)
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope["icseg.request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            rejection = self._reject(scope, headers)
+            if rejection is not None:
+                await rejection(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            elapsed = time.perf_counter() - start
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], route).observe(elapsed)
+            level = logging.DEBUG if route in _QUIET_ROUTES and status < 400 else logging.INFO
+            log.log(level, "request_id=%s method=%s route=%s status=%d duration_ms=%.1f",
+                    request_id, scope["method"], route, status, elapsed * 1000)

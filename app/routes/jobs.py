@@ -1,0 +1,71 @@
+"""Volume jobs: 202 + id, progress, the NIfTI result, DELETE cancels."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+
+from app.deps import AUTH, JobsDep, ModelDep, PromptsDep, SettingsDep
+from app.errors import ApiError
+from app.pipeline import SegmentForm, build_task, encode, run_blocking, segment_form
+from app.schemas import MASK_CONTENT, JobInfo, error_responses
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=AUTH)
+
+
+@router.post("", status_code=202, response_model=JobInfo,
+             responses=error_responses(400, 401, 404, 413, 415, 422, 429, 503),
+             summary="Segment in the background (large volumes)")
+async def create_job(
+    form: Annotated[SegmentForm, Depends(segment_form)],
+    model: ModelDep,
+    prompts: PromptsDep,
+    jobs: JobsDep,
+    settings: SettingsDep,
+) -> JSONResponse:
+    """Same fields as /segment. The inputs are checked before the 202, so a job fails later only on the
+    server's side. Poll GET /jobs/{id}; fetch GET /jobs/{id}/result when its status is done."""
+    if form.output == "probs":
+        raise ApiError(400, "jobs return the mask file; output=probs is for /segment", code="invalid_input",
+                       field="output")
+    jobs.ensure_room()
+    task = await build_task(form, model, prompts, settings)
+
+    def work(progress):
+        return encode(task, run_blocking(task, model, progress))
+
+    job = jobs.submit(work, total=task.total_steps)
+    return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/jobs/{job.id}"})
+
+
+@router.get("/{job_id}", response_model=JobInfo, responses=error_responses(401, 404), summary="Status and progress")
+async def get_job(job_id: str, jobs: JobsDep) -> dict:
+    return jobs.get(job_id).to_dict()
+
+
+@router.get("/{job_id}/result", response_class=Response,
+            responses={200: {"description": "the mask in the query's format", "content": MASK_CONTENT},
+                       409: {"description": "the job is not done (or failed, or was cancelled)"},
+                       **error_responses(401, 404)},
+            summary="The mask of a finished job")
+async def job_result(job_id: str, jobs: JobsDep) -> Response:
+    job = jobs.get(job_id)
+    if job.status != "done":
+        detail = f": {job.error['message']}" if job.error else ""
+        raise ApiError(409, f"job {job_id} is {job.status}{detail}", code=f"job_{job.status}",
+                       headers={"Retry-After": "1"} if not job.finished else None)
+    try:
+        payload = job.result_path.read_bytes()
+    except FileNotFoundError as exc:  # expired between get and read
+        raise ApiError(404, f"the result of job {job_id} has expired", code="job_not_found") from exc
+    return Response(payload, media_type=job.media_type,
+                    headers={"Content-Disposition": f'attachment; filename="mask{job.extension}"'})
+
+
+@router.delete("/{job_id}", status_code=204, responses=error_responses(401, 404),
+               summary="Cancel a job, or forget a finished one and its result")
+async def delete_job(job_id: str, jobs: JobsDep) -> Response:
+    jobs.delete(job_id)
+    return Response(status_code=204)

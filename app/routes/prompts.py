@@ -1,0 +1,110 @@
+"""Stored prompts: a support set prepared once, then referenced by id."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import AUTH, MetricsDep, ModelDep, PromptsDep, SettingsDep
+from app.errors import ApiError
+from app.inputs import decode_image, decode_mask, read_upload
+from app.pipeline import _as_2d, check_support_counts
+from app.prompts import PromptRecord
+from app.schemas import PromptInfo, PromptList, error_responses
+
+router = APIRouter(prefix="/prompts", tags=["prompts"], dependencies=AUTH)
+
+# names are shown, never used as paths; still: letters, digits and a little punctuation only
+_NAME = re.compile(r"^[\w][\w .,:()+\-]{0,99}$")
+
+
+def _check_name(value: str, field: str) -> str:
+    value = value.strip()
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise ApiError(422, f"{field} must be 1-100 letters, digits, spaces or . , : ( ) + - _ (no '..', no "
+                       "slashes)", code="invalid_name", field=field)
+    return value
+
+
+def _label_names(raw: str | None, labels: tuple[int, ...]) -> dict[str, str]:
+    if not raw:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, 'label_names must be a JSON object such as {"1": "liver", "2": "spleen"}',
+                       code="invalid_request", field="label_names") from exc
+    if not isinstance(parsed, dict):
+        raise ApiError(422, 'label_names must be a JSON object such as {"1": "liver"}', code="invalid_request",
+                       field="label_names")
+    names = {}
+    for key, value in parsed.items():
+        if not str(key).isdigit() or int(key) not in labels:
+            raise ApiError(400, f"label_names has label {key!r}, which no support mask holds (labels: "
+                           f"{list(labels)})", code="invalid_input", field="label_names")
+        if not isinstance(value, str):
+            raise ApiError(422, "label_names values must be strings", code="invalid_request", field="label_names")
+        names[str(int(key))] = _check_name(value, f"label_names.{key}")
+    return names
+
+
+def _info(record: PromptRecord) -> dict:
+    return PromptInfo.model_validate(record, from_attributes=True).model_dump()
+
+
+@router.post("", status_code=201, response_model=PromptInfo,
+             responses=error_responses(400, 401, 413, 415, 422, 503), summary="Store a support set")
+async def create_prompt(
+    support_images: Annotated[list[UploadFile], File(description="2D support images, repeated")],
+    support_masks: Annotated[list[UploadFile], File(description="label maps paired by order with the images")],
+    model: ModelDep,
+    prompts: PromptsDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    name: Annotated[str | None, Form(description="a display name (letters, digits, spaces, . , : ( ) + - _)")] = None,
+    label_names: Annotated[str | None, Form(description='JSON object label -> name, e.g. {"1": "liver"}')] = None,
+) -> JSONResponse:
+    """The support set is normalised and resized once, here; /segment with the returned id skips that work."""
+    check_support_counts(len(support_images), len(support_masks), model.max_support)
+    if name:
+        name = _check_name(name, "name")
+    image_bytes = [await read_upload(f, f"support_images[{i}]") for i, f in enumerate(support_images)]
+    mask_bytes = [await read_upload(f, f"support_masks[{i}]") for i, f in enumerate(support_masks)]
+
+    def prepare():
+        images = [_as_2d(decode_image(b, f"support_images[{i}]", settings), f"support_images[{i}]")
+                  for i, b in enumerate(image_bytes)]
+        masks = [_as_2d(decode_mask(b, f"support_masks[{i}]", settings), f"support_masks[{i}]")
+                 for i, b in enumerate(mask_bytes)]
+        return model.prepare_support(images, masks)
+
+    support = await run_in_threadpool(prepare)
+    names = _label_names(label_names, support.labels)
+    record = await run_in_threadpool(prompts.create, support, model.size, name or None, names)
+    metrics.prompts_created.inc()
+    return JSONResponse(_info(record), status_code=201, headers={"Location": f"/prompts/{record.id}"})
+
+
+@router.get("", response_model=PromptList, responses=error_responses(401), summary="List stored prompts")
+async def list_prompts(prompts: PromptsDep) -> dict:
+    records = await run_in_threadpool(prompts.list)
+    return {"prompts": [_info(r) for r in records]}
+
+
+@router.get("/{prompt_id}", response_model=PromptInfo, responses=error_responses(401, 404),
+            summary="A prompt's metadata (never its pixels)")
+async def get_prompt(prompt_id: str, prompts: PromptsDep) -> dict:
+    record = await run_in_threadpool(prompts.get, prompt_id)
+    return _info(record)
+
+
+@router.delete("/{prompt_id}", status_code=204, responses=error_responses(401, 404), summary="Delete a prompt")
+async def delete_prompt(prompt_id: str, prompts: PromptsDep) -> Response:
+    await run_in_threadpool(prompts.delete, prompt_id)
+    return Response(status_code=204)
+

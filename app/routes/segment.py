@@ -1,0 +1,64 @@
+"""POST /segment: a query and a visual prompt in, a mask out, synchronously."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import AUTH, ModelDep, PromptsDep, SettingsDep
+from app.pipeline import SegmentForm, build_task, encode, probs_png_b64, run_model, segment_form
+from app.schemas import MASK_CONTENT, SegmentResult, error_responses
+
+router = APIRouter(tags=["segment"], dependencies=AUTH)
+
+
+def wants_json(output: str | None, accept: str) -> bool:
+    if output is not None:
+        return output in ("json", "probs")
+    return "application/json" in accept.lower()
+
+
+@router.post(
+    "/segment",
+    response_model=SegmentResult,
+    responses={
+        200: {"description": "the mask: PNG (TIFF for a TIFF query) for 2D queries, NIfTI (.nii.gz, same affine and "
+              "header) for NIfTI volumes; JSON with `Accept: application/json` or output=json",
+              "content": MASK_CONTENT},
+        **error_responses(400, 401, 404, 413, 415, 422, 503),
+    },
+    summary="Segment a query with a support set or a stored prompt",
+)
+async def segment(
+    request: Request,
+    form: Annotated[SegmentForm, Depends(segment_form)],
+    model: ModelDep,
+    prompts: PromptsDep,
+    settings: SettingsDep,
+) -> Response:
+    """Every label of the support set is segmented. Volumes up to ICSEG_SYNC_MAX_VOXELS are answered here;
+    larger ones need POST /jobs."""
+    task = await build_task(form, model, prompts, settings)
+    start = time.perf_counter()
+    mask, probs = await run_model(task, model, settings)
+    model_ms = task.prepare_ms + (time.perf_counter() - start) * 1000
+    start = time.perf_counter()
+    payload, media_type, extension = await run_in_threadpool(encode, task, mask)
+    probs_b64 = await run_in_threadpool(probs_png_b64, probs) if form.output == "probs" else None
+    timings = {"decode": round(task.decode_ms, 2), "model": round(model_ms, 2),
+               "encode": round((time.perf_counter() - start) * 1000, 2)}
+    labels = [int(v) for v in task.labels]
+    if wants_json(form.output, request.headers.get("accept", "")):
+        body = SegmentResult(mask=base64.b64encode(payload).decode(), media_type=media_type, labels=labels,
+                             label_names=task.label_names, shape=list(mask.shape), timings=timings, probs=probs_b64)
+        return JSONResponse(body.model_dump(exclude_none=True))
+    return Response(payload, media_type=media_type, headers={
+        "Content-Disposition": f'attachment; filename="mask{extension}"',
+        "X-Labels": ",".join(map(str, labels)),
+        "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
+    })

@@ -1,0 +1,130 @@
+"""Response bodies, as documented in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. invalid_input, prompt_not_found")
+    message: str = Field(description="what went wrong and what to change")
+    field: str | None = Field(None, description="the request field to change, e.g. support_masks[2]")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready"]
+
+
+class Timings(BaseModel):
+    decode: float = Field(description="ms decoding uploads (and reading a stored prompt)")
+    model: float = Field(description="ms preparing the support set and in the model, queueing included")
+    encode: float = Field(description="ms encoding the mask")
+
+
+class SegmentResult(BaseModel):
+    mask: str = Field(description="the mask file, base64: PNG for 2D queries, NIfTI for NIfTI volumes")
+    media_type: str = Field(description="media type of the decoded `mask`")
+    labels: list[int] = Field(description="label values present in the support set, each segmented")
+    label_names: dict[str, str] = Field(default_factory=dict, description="label value -> name (stored prompts)")
+    shape: list[int] = Field(description="shape of the mask (the query's height, width[, depth])")
+    timings: Timings
+    probs: list[str] | None = Field(
+        None, description="with output=probs (2D only): one 8-bit grayscale PNG (base64) per label, 255 = 1.0"
+    )
+
+
+class PromptInfo(BaseModel):
+    id: str = Field(description="32 hex digits")
+    name: str | None = None
+    labels: list[int]
+    label_names: dict[str, str] = Field(default_factory=dict)
+    support_size: int = Field(description="support items S")
+    network_size: int = Field(description="side N the support set was prepared at")
+    created_at: float = Field(description="unix time")
+    expires_at: float | None = Field(None, description="unix time; null: never")
+    bytes: int = Field(description="stored size")
+
+
+class PromptList(BaseModel):
+    prompts: list[PromptInfo]
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Progress(BaseModel):
+    done: int = Field(description="slices (or queries) done")
+    total: int
+
+
+class JobInfo(BaseModel):
+    id: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: Progress
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = Field(None, description="when a finished job and its result are forgotten")
+    error: JobError | None = None
+    result: str | None = Field(None, description="path of the result, once done")
+
+
+class WeightsInfo(BaseModel):
+    file: str | None
+    source: str | None
+    licence: str | None
+
+
+class NetworkInfo(BaseModel):
+    size: int = Field(description="side N of the network's square input")
+    encoder_features: list[int]
+    decoder_features: list[int]
+
+
+class Limits(BaseModel):
+    max_support: int
+    max_upload_mb: float
+    max_pixels: int
+    max_voxels: int
+    sync_max_voxels: int
+
+
+class Info(BaseModel):
+    model: str
+    parameters: int
+    weights: WeightsInfo
+    network: NetworkInfo
+    max_support: int
+    formats: list[str]
+    device: str
+    limits: Limits
+    prompt_store: Literal["disk", "redis"]
+
+
+_ERRORS = {
+    400: "bad values (shape mismatch, empty mask, both prompt_id and support files)",
+    401: "missing or wrong `Authorization: Bearer <key>`",
+    404: "unknown prompt or job",
+    413: "request, image or volume too large",
+    415: "unsupported file format",
+    422: "missing or invalid field",
+    429: "job queue full (see Retry-After)",
+    503: "model not loaded or store unavailable",
+}
+
+
+def error_responses(*codes: int) -> dict:
+    return {c: {"model": ErrorResponse, "description": _ERRORS[c]} for c in codes}
+
+
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+MASK_CONTENT = {"image/png": BINARY, "application/gzip": BINARY, "application/octet-stream": BINARY}

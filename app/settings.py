@@ -1,0 +1,85 @@
+"""Service configuration: one ``Settings`` class, read from ``ICSEG_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "icseg"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Environment variable = ``ICSEG_`` + the upper-case field name."""
+
+    model_config = SettingsConfigDict(env_prefix="ICSEG_", extra="ignore", frozen=True)
+
+    weights: Path | None = Field(
+        None,
+        description="weights file: an icseg .safetensors checkpoint or an official UniverSeg v1 .pt. "
+        "Unset: the embedded default model (the server stays unready when there is none)",
+    )
+    device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:1, mps")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (unset: torch's default)")
+    data_dir: Path = Field(
+        default_factory=_default_data_dir, description="directory of the prompt store and job results"
+    )
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db; set: prompts live in Redis, shared by every replica"
+    )
+    redis_prefix: str = Field("icseg", description="key prefix in Redis")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated bearer tokens; set: every route but /healthz and /readyz needs one",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated browser origins allowed by CORS (unset: none)"
+    )
+    docs: bool = Field(True, description="serve /docs and /openapi.json (they hold no data and need no key)")
+    max_support: int = Field(64, ge=1, description="most support items per request or prompt (capped by the model's)")
+    max_upload_mb: float = Field(200.0, gt=0, description="largest request body in MB")
+    max_pixels: int = Field(40_000_000, ge=1, description="most pixels in one 2D image (decompression bombs)")
+    max_voxels: int = Field(150_000_000, ge=1, description="most voxels in one volume")
+    sync_max_voxels: int = Field(
+        8_000_000, ge=0, description="largest volume /segment answers synchronously; larger ones go to /jobs"
+    )
+    request_timeout_s: float = Field(300.0, gt=0, description="longest a synchronous /segment waits for the model")
+    batch_max_queries: int = Field(16, ge=1, description="most queries against one prompt in one forward pass")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, description="extra wait to gather a micro-batch; 0 batches what queued during the last pass"
+    )
+    prompt_ttl_s: int = Field(7 * 24 * 3600, ge=0, description="seconds a stored prompt lives (0: forever)")
+    prompt_store_mb: float = Field(1024.0, gt=0, description="total size of stored prompts; oldest evicted first")
+    job_workers: int = Field(1, ge=1, description="volume jobs running at once")
+    job_queue_size: int = Field(8, ge=0, description="jobs waiting beyond the running ones; more get 429")
+    job_result_ttl_s: int = Field(3600, ge=1, description="seconds a finished job and its result are kept")
+    sweep_interval_s: float = Field(60.0, gt=0, description="how often expired prompts and jobs are removed")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def settings_help() -> str:
+    """One line per setting for ``icseg serve --help``."""
+    lines = ["settings (environment variables):"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default) or "(unset)"
+        elif default is None:
+            default = "(unset)"
+        lines.append(f"  ICSEG_{name.upper():<22} {field.description} [default: {default}]")
+    return "\n".join(lines)
