@@ -165,18 +165,24 @@ def load_tasks(root: str | Path, names: list[str] | None, size: int, exclude: tu
     return out
 
 
+def choose_task(tasks_by_dataset: dict[str, list[Task]], rng: np.random.Generator) -> Task:
+    """A dataset uniformly (big datasets do not drown small ones), then one of its tasks uniformly."""
+    names = sorted(tasks_by_dataset)
+    tasks = tasks_by_dataset[names[rng.integers(len(names))]]
+    return tasks[rng.integers(len(tasks))]
+
+
 def sample_episode(
     tasks_by_dataset: dict[str, list[Task]], rng: np.random.Generator, n_support: int, empty_query_fraction: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One episode: a task drawn with datasets balanced, then S + 1 distinct images of it (the first is the query).
 
+    Support images are distinct while the task has enough images holding the label; beyond that they repeat.
+
     Returns:
         images (S + 1, N, N) and masks (S + 1, N, N), float32 in [0, 1].
     """
-    names = sorted(tasks_by_dataset)
-    dataset = names[rng.integers(len(names))]
-    tasks = tasks_by_dataset[dataset]
-    task = tasks[rng.integers(len(tasks))]
+    task = choose_task(tasks_by_dataset, rng)
     with_label = np.flatnonzero(task.present)
     without = np.flatnonzero(~task.present)
     if without.size and rng.random() < empty_query_fraction:
