@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import (
     Compose,
+    Rand2DElasticd,
     RandAdjustContrastd,
     RandAffined,
     RandGaussianNoised,
     RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    Rand2DElasticd,
 )
 
 
@@ -31,10 +31,18 @@ def in_task_transform(p: float = 0.5) -> Compose:
     return Compose(
         [
             RandAffined(
-                keys, prob=p, rotate_range=0.35, scale_range=0.15, translate_range=(8, 8), shear_range=0.05,
-                mode=("bilinear", "bilinear"), padding_mode="zeros",
+                keys,
+                prob=p,
+                rotate_range=0.35,
+                scale_range=0.15,
+                translate_range=(8, 8),
+                shear_range=0.05,
+                mode=("bilinear", "bilinear"),
+                padding_mode="zeros",
             ),
-            Rand2DElasticd(keys, spacing=(24, 24), magnitude_range=(0.0, 2.0), prob=p / 4, mode=("bilinear", "bilinear")),
+            Rand2DElasticd(
+                keys, spacing=(24, 24), magnitude_range=(0.0, 2.0), prob=p / 4, mode=("bilinear", "bilinear")
+            ),
             RandScaleIntensityd("image", factors=0.2, prob=p),
             RandShiftIntensityd("image", offsets=0.1, prob=p),
             RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=p),
@@ -44,7 +52,9 @@ def in_task_transform(p: float = 0.5) -> Compose:
     )
 
 
-def apply_in_task(transform: Compose, images: torch.Tensor, masks: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_in_task(
+    transform: Compose, images: torch.Tensor, masks: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply ``transform`` independently to each image/mask pair; the seed fixes every draw."""
     transform.set_random_state(seed=seed)
     out_i, out_m = [], []

@@ -145,14 +145,19 @@ class DatasetFolder:
             labels = sorted(set().union(*(np.unique(m).tolist() for m in maps)) - {0})
             for lab in labels:
                 masks = torch.stack(
-                    [resize(torch.from_numpy((m == lab).astype(np.float32)), (size, size)).clamp_(0, 1).half() for m in maps]
+                    [
+                        resize(torch.from_numpy((m == lab).astype(np.float32)), (size, size)).clamp_(0, 1).half()
+                        for m in maps
+                    ]
                 )
                 present = np.array([bool((m == lab).any()) for m in maps])
                 tasks.append(Task(name, int(lab), a, stacked, masks, present, names))
         return tasks
 
 
-def load_tasks(root: str | Path, names: list[str] | None, size: int, exclude: tuple[str, ...] = ()) -> dict[str, list[Task]]:
+def load_tasks(
+    root: str | Path, names: list[str] | None, size: int, exclude: tuple[str, ...] = ()
+) -> dict[str, list[Task]]:
     """Tasks grouped by dataset, for the given dataset names (None: all in the folder but ``exclude``)."""
     folder = DatasetFolder(root)
     names = names or [n for n in folder.names() if n not in exclude]

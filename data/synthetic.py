@@ -35,7 +35,9 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     k = k / k.sum()
     c = x.shape[1]
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(
+        F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c
+    )
 
 
 def synthetic_episode(n_images: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

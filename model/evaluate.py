@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 METHODS = ("icseg", "naive_bayes", "mean_mask")
 
 
-def naive_bayes(query: np.ndarray, support_images: list[np.ndarray], support_masks: list[np.ndarray], bins: int = 32) -> np.ndarray:
+def naive_bayes(
+    query: np.ndarray, support_images: list[np.ndarray], support_masks: list[np.ndarray], bins: int = 32
+) -> np.ndarray:
     """Per-pixel Bayes rule on intensity histograms of support foreground and background (Laplace-smoothed)."""
     fg = np.ones(bins)
     bg = np.ones(bins)
@@ -72,8 +74,13 @@ def _load_2d(folder: DatasetFolder, name: str) -> tuple[list[np.ndarray], list[n
 
 
 def evaluate(
-    segmenter: Segmenter, folder: DatasetFolder, datasets: tuple[str, ...], support_sizes: list[int],
-    n_queries: int, seed: int, progress: bool = True,
+    segmenter: Segmenter,
+    folder: DatasetFolder,
+    datasets: tuple[str, ...],
+    support_sizes: list[int],
+    n_queries: int,
+    seed: int,
+    progress: bool = True,
 ) -> list[dict]:
     """Rows of {dataset, label, support_size, method, dice, n}."""
     scores: dict[tuple, list[float]] = defaultdict(list)
@@ -124,7 +131,7 @@ def summary_table(rows: list[dict], support_sizes: list[int]) -> str:
         means = []
         for m in METHODS:
             per_dataset = defaultdict(list)
-            for (d, lab, ss, mm), v in by.items():
+            for (d, _, ss, mm), v in by.items():
                 if ss == s and mm == m:
                     per_dataset[d].append(v)
             means.append(np.mean([np.mean(v) for v in per_dataset.values()]) if per_dataset else float("nan"))
@@ -144,6 +151,15 @@ def main_eval(args) -> int:
     print(table)
     if args.json_path:
         with open(args.json_path, "w") as f:
-            json.dump({"weights": segmenter.net.weights_info, "seed": args.seed, "queries": args.queries,
-                       "support_sizes": args.support_sizes, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "weights": segmenter.net.weights_info,
+                    "seed": args.seed,
+                    "queries": args.queries,
+                    "support_sizes": args.support_sizes,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
     return 0

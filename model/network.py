@@ -200,9 +200,7 @@ class UniverSegNet(nn.Module):
         if h % self.multiple or w % self.multiple:
             raise InputError(f"H and W must be multiples of {self.multiple}, got {h}x{w}", field="query")
 
-    def forward(
-        self, query: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
         """Fast path.
 
         Args:

@@ -91,7 +91,9 @@ class Segmenter:
 
     # -- support sets ------------------------------------------------------------------------------------
 
-    def prepare_support(self, support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray]) -> PreparedSupport:
+    def prepare_support(
+        self, support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray]
+    ) -> PreparedSupport:
         """Validate, normalise and resize a support set once.
 
         Args:
@@ -120,7 +122,9 @@ class Segmenter:
             grays.append(gray)
         labels = sorted(set().union(*(label_values(m) for m in masks)))
         if not labels:
-            raise InputError("no support mask has any foreground: label the structure (values 1..K)", field="support_masks")
+            raise InputError(
+                "no support mask has any foreground: label the structure (values 1..K)", field="support_masks"
+            )
         images = torch.stack([prepare_image(g, self.size, "support_images", self.clip_percentiles) for g in grays])
         per_item = torch.stack([prepare_mask(m, labels, self.size) for m in masks])  # (S, K, N, N)
         return PreparedSupport(images, per_item.transpose(0, 1).contiguous(), tuple(labels))
@@ -170,7 +174,11 @@ class Segmenter:
         return merge_labels(probs, support.labels, threshold)
 
     def predict_many(
-        self, queries: Sequence[np.ndarray], support: PreparedSupport, *, ensemble: int = 1,
+        self,
+        queries: Sequence[np.ndarray],
+        support: PreparedSupport,
+        *,
+        ensemble: int = 1,
         progress: ProgressFn | None = None,
     ) -> list[np.ndarray]:
         """(K, H_i, W_i) probabilities for several queries sharing one support set, batched."""
@@ -276,7 +284,9 @@ class Segmenter:
         for i, (v, m) in enumerate(zip(support_volumes, support_masks)):
             v, m = np.asarray(v), np.asarray(m)
             if v.ndim != 3 or v.shape != m.shape:
-                raise InputError(f"support volume {i} and its mask must be 3D and the same shape", field="support_masks")
+                raise InputError(
+                    f"support volume {i} and its mask must be 3D and the same shape", field="support_masks"
+                )
             vols.append(np.moveaxis(v, axis, 0))
             masks.append(np.moveaxis(m, axis, 0).astype(np.int64))
         labels = sorted(set().union(*(label_values(m) for m in masks)))
@@ -284,7 +294,9 @@ class Segmenter:
             raise InputError("no support mask has any foreground", field="support_masks")
         per_volume = slices_per_volume or max(1, self.max_support // len(vols))
         if per_volume * len(vols) > self.max_support:
-            raise InputError(f"{per_volume * len(vols)} support slices exceed {self.max_support}", field="slices_per_volume")
+            raise InputError(
+                f"{per_volume * len(vols)} support slices exceed {self.max_support}", field="slices_per_volume"
+            )
         query = np.moveaxis(query_volume, axis, 0)
         depth = query.shape[0]
         # the whole volume is normalised together so that slices keep their relative intensities
@@ -296,7 +308,9 @@ class Segmenter:
         for start in range(0, depth, batch):
             idx = range(start, min(depth, start + batch))
             q = torch.stack([resize(torch.from_numpy(qnorm[i]), (self.size, self.size)) for i in idx])
-            supports = [self._matched_support(i / max(1, depth - 1), snorm, masks, present, labels, per_volume) for i in idx]
+            supports = [
+                self._matched_support(i / max(1, depth - 1), snorm, masks, present, labels, per_volume) for i in idx
+            ]
             probs = self._run_per_label(q, supports, ensemble)  # (b, K, N, N)
             for j, i in enumerate(idx):
                 out_probs[:, i] = resize(probs[j], query.shape[1:]).clamp_(0, 1).numpy()
@@ -322,7 +336,9 @@ class Segmenter:
             out.append(PreparedSupport(torch.stack(imgs), torch.stack(msks)[None], (lab,)))
         return out
 
-    def _run_per_label(self, queries: torch.Tensor, supports: list[list[PreparedSupport]], ensemble: int) -> torch.Tensor:
+    def _run_per_label(
+        self, queries: torch.Tensor, supports: list[list[PreparedSupport]], ensemble: int
+    ) -> torch.Tensor:
         n_labels = len(supports[0])
         flat_q = queries.repeat_interleave(n_labels, dim=0)
         flat_s = [sup for per_query in supports for sup in per_query]

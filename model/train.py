@@ -216,8 +216,13 @@ class Trainer:
             self.save()
             return self.run_dir
         stream = EpisodeStream(cfg, self.tasks, self.step)
-        loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None,
-                            persistent_workers=False)
+        loader = DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=cfg.workers,
+            prefetch_factor=4 if cfg.workers else None,
+            persistent_workers=False,
+        )
         started = last_save = time.monotonic()
         seconds_at_start = self.seconds
         ema_loss = ema_dice = None
@@ -235,8 +240,18 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{ema_loss:.3f}", dice=f"{ema_dice:.3f}")
                 if self.step % 25 == 0:
-                    logf.write(json.dumps({"step": self.step, "loss": ema_loss, "dice": ema_dice,
-                                           "lr": lr_at(cfg, self.step - 1), "seconds": round(self.seconds, 1)}) + "\n")
+                    logf.write(
+                        json.dumps(
+                            {
+                                "step": self.step,
+                                "loss": ema_loss,
+                                "dice": ema_dice,
+                                "lr": lr_at(cfg, self.step - 1),
+                                "seconds": round(self.seconds, 1),
+                            }
+                        )
+                        + "\n"
+                    )
                     logf.flush()
                 if now - last_save > cfg.checkpoint_minutes * 60:
                     self.save()

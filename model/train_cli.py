@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     defaults = TrainConfig()
     p = sub.add_parser("train", help="train an in-context model on datasets and synthetic tasks (resumes a run)")
     p.add_argument("--run-dir", default=defaults.run_dir, help="run folder: last.pt (resume state), model.safetensors")
-    p.add_argument("--data-root", default=None, help="dataset folder (layout in docs/model-card.md); omit: synthetic only")
+    p.add_argument(
+        "--data-root", default=None, help="dataset folder (layout in docs/model-card.md); omit: synthetic only"
+    )
     p.add_argument("--exclude", type=_tuple, default=(), help="comma-separated datasets never trained on (validation)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("run_dir", "data_root", "exclude", "extra", "progress"):

@@ -25,7 +25,11 @@ from model.network import UniverSegNet, build_network
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "icseg-default.safetensors"
-DEFAULT_CARD = {"source": "icseg default model", "licence": "Apache-2.0 (weights trained on open data, see docs/model-card.md)"}
+DEFAULT_CARD = {
+    "source": "icseg default model",
+    "licence": "research and non-commercial use: trained on datasets under research-only and CC BY-NC terms "
+    "(docs/model-card.md)",
+}
 OFFICIAL_CARD = {"source": "UniverSeg v1 official checkpoint", "licence": "see the UniverSeg release (research use)"}
 
 
@@ -35,8 +39,9 @@ def save_checkpoint(net: UniverSegNet, path: str | os.PathLike, metadata: dict |
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"config": net.config.to_json(), "format": "icseg"}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
-    tensors = {k: v.detach().to("cpu", memory_format=torch.contiguous_format).contiguous()
-               for k, v in net.state_dict().items()}
+    tensors = {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format).contiguous() for k, v in net.state_dict().items()
+    }
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -114,7 +119,7 @@ def load_model(
         raise WeightsError(f"weights file not found: {path}; set ICSEG_WEIGHTS to an existing file", field="weights")
     if path.suffix == ".safetensors":
         net, meta = _load_safetensors(path)
-        info = {"source": meta.get("source", DEFAULT_CARD["source"]), "licence": meta.get("licence", DEFAULT_CARD["licence"])}
+        info = {key: meta.get(key, DEFAULT_CARD[key]) for key in ("source", "licence")}
     else:
         net, info = _load_official(path)
     device = torch.device(device)

@@ -8,8 +8,20 @@ from model.train import TrainConfig, Trainer, batch_for_step, lr_at
 
 def _cfg(run_dir, steps):
     return TrainConfig(
-        run_dir=str(run_dir), steps=steps, batch_size=2, support_min=2, support_max=3, features=8, size=32,
-        warmup_size=16, warmup_steps=2, lr=3e-3, lr_warmup_steps=2, workers=0, progress=False, checkpoint_minutes=60,
+        run_dir=str(run_dir),
+        steps=steps,
+        batch_size=2,
+        support_min=2,
+        support_max=3,
+        features=8,
+        size=32,
+        warmup_size=16,
+        warmup_steps=2,
+        lr=3e-3,
+        lr_warmup_steps=2,
+        workers=0,
+        progress=False,
+        checkpoint_minutes=60,
     )
 
 
