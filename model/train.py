@@ -139,6 +139,12 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 class Trainer:
     """Owns the network, the optimiser and the run folder; ``run()`` trains until ``steps`` or ``max_minutes``."""
 
@@ -167,26 +173,39 @@ class Trainer:
         if not self.state_path.exists():
             return
         state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        optim = state.get("optimizer")
+        if optim is None:  # kept in its own file so that neither file is large
+            optim_state = torch.load(self.optim_path, map_location=self.device, weights_only=True)
+            if int(optim_state["step"]) != int(state["step"]):
+                raise RuntimeError(
+                    f"{self.optim_path} is at step {optim_state['step']}, {self.state_path} at {state['step']}"
+                )
+            optim = optim_state["optimizer"]
         self.net.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        self.opt.load_state_dict(optim)
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at step %d", self.state_path, self.step)
 
+    @property
+    def optim_path(self) -> Path:
+        return self.run_dir / "optimizer.pt"
+
     def save(self) -> None:
-        """Training state (atomic) and the deployable weights of this step."""
+        """Training state and the deployable weights of this step, each file written atomically.
+
+        The optimiser state goes first, then ``last.pt`` names the step; resume checks they agree.
+        """
+        _atomic_save({"optimizer": self.opt.state_dict(), "step": self.step}, self.optim_path)
         state = {
             "model": self.net.state_dict(),
-            "optimizer": self.opt.state_dict(),
             "step": self.step,
             "seconds": self.seconds,
             "torch_rng": torch.get_rng_state(),
             "config": json.dumps(asdict(self.cfg)),
         }
-        tmp = self.state_path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.state_path)
+        _atomic_save(state, self.state_path)
         save_checkpoint(
             self.net,
             self.run_dir / "model.safetensors",
