@@ -77,6 +77,16 @@ class ImageData:
         return tuple(self.array.shape[:2]) if self.kind == "image" else tuple(self.array.shape)
 
 
+def _coded(code: str, message: str, field: str) -> InputError:
+    """An InputError with a code more specific than "invalid_input": "too_large" or "unsupported_format".
+
+    A service can then answer 413 / 415 from ``error.code`` without parsing the message.
+    """
+    error = InputError(message, field=field)
+    error.code = code
+    return error
+
+
 # -- reading ---------------------------------------------------------------------------------------------
 
 
@@ -188,10 +198,11 @@ def _decode(data: bytes, max_pixels: int | None, max_voxels: int | None, field: 
         return _decode_nifti(data, fmt == "gzip", max_voxels, field)
     if fmt == "dicom":
         return _decode_dicom(data, max_pixels, field)
-    raise InputError(
+    raise _coded(
+        "unsupported_format",
         f"{field}: unrecognised file format (leading bytes {data[:8]!r}); send PNG, JPEG, TIFF, BMP, "
         "NIfTI (.nii or .nii.gz) or single-frame DICOM",
-        field=field,
+        field,
     )
 
 
@@ -201,13 +212,16 @@ def _decode(data: bytes, max_pixels: int | None, max_voxels: int | None, field: 
 def _decode_pillow(data: bytes, fmt: str, max_pixels: int | None, field: str, as_mask: bool) -> ImageData:
     name = fmt.upper()
     try:
-        with warnings.catch_warnings():
-            # our own max_pixels check below is the one that decides; Pillow's warning would be noise
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # our own max_pixels check below is the one that decides; Pillow's warnings (bomb, corrupt EXIF of a
+        # damaged file) are logged rather than shown to a service's users
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]])
+        for w in caught:
+            log.debug("%s: Pillow warned while opening: %s", field, w.message)
     except Image.DecompressionBombError as exc:
-        raise InputError(
-            f"{field}: the {name} declares too many pixels ({exc}); send a smaller image", field=field
+        raise _coded(
+            "too_large", f"{field}: the {name} declares too many pixels ({exc}); send a smaller image", field
         ) from exc
     except Exception as exc:  # Pillow raises many types for damaged headers
         raise InputError(f"{field}: cannot read this {name} ({exc}); the file may be damaged", field=field) from exc
@@ -216,10 +230,11 @@ def _decode_pillow(data: bytes, fmt: str, max_pixels: int | None, field: str, as
         if width < 1 or height < 1:
             raise InputError(f"{field}: the {name} declares an empty size {width}x{height}", field=field)
         if max_pixels is not None and width * height > max_pixels:
-            raise InputError(
+            raise _coded(
+                "too_large",
                 f"{field}: the {name} declares {width}x{height} = {width * height:,} pixels, above the limit of "
                 f"{max_pixels:,}; downscale or crop it",
-                field=field,
+                field,
             )
         frames = getattr(im, "n_frames", 1)
         if frames > 1:
@@ -234,10 +249,12 @@ def _decode_pillow(data: bytes, fmt: str, max_pixels: int | None, field: str, as
             # the pixel grid is kept as stored so that the mask matches it; viewers may rotate both
             meta["exif_orientation"] = int(orientation)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 im.load()
                 array = _pillow_array(im, as_mask)
+            for w in caught:
+                log.debug("%s: Pillow warned while decoding: %s", field, w.message)
         except InputError:
             raise
         except Exception as exc:  # truncated data, unsupported compression or bit depth
@@ -289,6 +306,11 @@ def _decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str
         header = klass.header_class.from_fileobj(io.BytesIO(head), check=False)
         shape = tuple(int(d) for d in header.get_data_shape())
         dtype = header.get_data_dtype()
+        # a single-file NIfTI's data never starts inside its header: a smaller vox_offset (0 from some
+        # writers) is fixed here, otherwise nibabel would read the header bytes as voxels
+        bad_offset = int(header.get_data_offset()) < int(header.single_vox_offset)
+        if bad_offset:
+            header.set_data_offset(int(header.single_vox_offset))
         offset = int(header.get_data_offset())
     except Exception as exc:
         raise InputError(f"{field}: invalid NIfTI header ({exc})", field=field) from exc
@@ -297,10 +319,11 @@ def _decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str
     shape = _volume_shape(shape, field)
     n_voxels = int(np.prod(shape, dtype=np.int64))
     if max_voxels is not None and n_voxels > max_voxels:
-        raise InputError(
+        raise _coded(
+            "too_large",
             f"{field}: the NIfTI declares {'x'.join(map(str, shape))} = {n_voxels:,} voxels, above the limit of "
             f"{max_voxels:,}; crop or downsample the volume",
-            field=field,
+            field,
         )
     needed = offset + n_voxels * dtype.itemsize
     if gzipped:
@@ -318,8 +341,10 @@ def _decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str
             f"{field}: the NIfTI is truncated ({len(raw):,} of {needed:,} bytes); send the complete file",
             field=field,
         )
+    if bad_offset:
+        raw = header.binaryblock + raw[len(header.binaryblock) :]
     try:
-        img = klass.from_bytes(raw[:needed])
+        img = klass.from_bytes(raw if len(raw) == needed else raw[:needed])
         array = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise InputError(f"{field}: cannot read this NIfTI ({exc})", field=field) from exc
@@ -371,8 +396,8 @@ def _decode_dicom(data: bytes, max_pixels: int | None, field: str) -> ImageData:
             field=field,
         )
     if max_pixels is not None and rows * cols > max_pixels:
-        raise InputError(
-            f"{field}: the DICOM declares {cols}x{rows} pixels, above the limit of {max_pixels:,}", field=field
+        raise _coded(
+            "too_large", f"{field}: the DICOM declares {cols}x{rows} pixels, above the limit of {max_pixels:,}", field
         )
     try:
         array = ds.pixel_array
@@ -384,8 +409,9 @@ def _decode_dicom(data: bytes, max_pixels: int | None, field: str) -> ImageData:
             field=field,
         ) from exc
     meta = {k: _plain(getattr(ds, k)) for k in _DICOM_META if k in ds}
-    if "file_meta" in dir(ds) and "TransferSyntaxUID" in ds.file_meta:
-        meta["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None:
+        meta["TransferSyntaxUID"] = str(syntax)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] != 3):
         raise InputError(f"{field}: DICOM pixels have shape {array.shape}; send a 2D image", field=field)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
@@ -449,6 +475,9 @@ def to_png_bytes(array: np.ndarray) -> bytes:
     """Lossless PNG of (H, W) bool/uint8/uint16 (mode 1/L/I;16) or (H, W, 3|4) uint8 (RGB/RGBA).
 
     Integer arrays of other types are accepted when their values fit uint8 or uint16.
+
+    Raises:
+        InputError: float or out-of-range values, or an unsupported shape.
     """
     return _to_pillow_bytes(array, "PNG", field="array")
 
@@ -465,6 +494,8 @@ def _to_pillow_bytes(array: np.ndarray, fmt: str, field: str) -> bytes:
 
 def _to_pillow(array: np.ndarray, field: str) -> Image.Image:
     if array.dtype == bool:
+        if array.ndim == 2:
+            return Image.fromarray(np.ascontiguousarray(array))  # mode "1": reads back as bool
         array = array.astype(np.uint8) * 255
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         if array.dtype != np.uint8:

@@ -238,7 +238,8 @@ class Segmenter:
                 counts[qi, li] += 1
             start = stop
             if progress is not None:
-                now = chunk[-1][0] + 1 if stop < len(tasks) else len(supports)
+                # tasks are ordered by query: every query before the next pending task is complete
+                now = tasks[stop][0] if stop < len(tasks) else len(supports)
                 if now > done_queries:
                     done_queries = now
                     progress(done_queries, len(supports))
@@ -301,7 +302,7 @@ class Segmenter:
         depth = query.shape[0]
         # the whole volume is normalised together so that slices keep their relative intensities
         qnorm = _normalize_volume(query, self.clip_percentiles)
-        snorm = [_normalize_volume(v, self.clip_percentiles) for v in vols]
+        snorm = [_normalize_volume(v, self.clip_percentiles, f"support_images[{i}]") for i, v in enumerate(vols)]
         present = [[np.flatnonzero((m == lab).any(axis=(1, 2))) for lab in labels] for m in masks]
         out_probs = np.zeros((len(labels), *query.shape), dtype=np.float32)
         batch = max(1, self.max_batch_items // (per_volume * len(vols) * len(labels) * ensemble))
@@ -346,10 +347,10 @@ class Segmenter:
         return probs[:, 0].unflatten(0, (len(supports), n_labels))
 
 
-def _normalize_volume(volume: np.ndarray, clip_percentiles) -> np.ndarray:
+def _normalize_volume(volume: np.ndarray, clip_percentiles, field: str = "query") -> np.ndarray:
     volume = volume.astype(np.float32)
     if not np.isfinite(volume).all():
-        raise InputError("volume has NaN or infinite voxels", field="query")
+        raise InputError(f"{field} has NaN or infinite voxels; replace them before segmenting", field=field)
     return normalize(volume, clip_percentiles)
 
 

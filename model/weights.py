@@ -79,7 +79,10 @@ def _load_official(path: Path) -> tuple[UniverSegNet, dict]:
 
 
 def _load_strict(net: UniverSegNet, state: dict, path: Path) -> None:
-    result = net.load_state_dict(state, strict=False)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        raise WeightsError(f"{path} does not match the network: {exc}", field="weights") from exc
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(
             f"{path} does not match the network: missing {result.missing_keys[:5]}, "

@@ -75,8 +75,9 @@ def _official_logits(state: dict[str, torch.Tensor], query, support_images, supp
         target, support = block(f"enc_blocks.{i}", target, support)
         if i < 3:
             skips.append((target, support))
-            target, support = per_item(lambda t: F.max_pool2d(t, 2), target), per_item(
-                lambda t: F.max_pool2d(t, 2), support
+            target, support = (
+                per_item(lambda t: F.max_pool2d(t, 2), target),
+                per_item(lambda t: F.max_pool2d(t, 2), support),
             )
     for j in range(3):
         target_skip, support_skip = skips.pop()
@@ -149,12 +150,6 @@ def test_official_state_dict_mismatch_raises(tmp_path, change):
     assert ("dec_blocks.1.support" if change == "missing" else "dec_blocks.3") in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="model/weights.py _load_strict: load_state_dict(strict=False) still raises a bare RuntimeError "
-    "on a size mismatch instead of WeightsError",
-)
 def test_official_state_dict_wrong_shape_raises_weights_error(tmp_path):
     state = _official_state()
     state["out_conv.conv.weight"] = torch.zeros(1, 32, 1, 1)
