@@ -12,6 +12,8 @@ import sys
 COMMAND_MODULES = [
     "model.train_cli",
     "app.serve_cli",
+    "app.segment_cli",
+    "app.prompt_cli",
 ]
 
 

@@ -78,7 +78,8 @@ def input_error_status(exc: InputError) -> int:
 
 
 def _field_from_loc(loc: tuple) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    # the first element names where the value was (body, query string, path, header), not the field
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else loc)]
     if not parts:
         return None
     field = parts[0]

@@ -78,7 +78,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if settings.docs else None,
         openapi_url="/openapi.json" if settings.docs else None,
         redoc_url=None,
-        max_body_size=settings.max_upload_bytes,
         # enough for a full support set and the query; more files fail at parsing, not in memory
         form_limits={"max_files": 2 * settings.max_support + 8, "max_fields": 64},
     )

@@ -1,8 +1,9 @@
 """One ASGI middleware in front of every request: request id, API keys, body size, metrics, access log.
 
 API keys and the declared body size are checked here, before FastAPI reads a byte of the body, so an
-unauthenticated or oversized upload costs nothing. Bodies without a Content-Length are cut off by
-FastAPI's ``max_body_size`` while they stream. The access log holds the route *template*, the status
+unauthenticated or oversized upload costs nothing; a body without a Content-Length is counted while it
+streams and cut off with a 413 (FastAPI's own ``max_body_size`` would answer plain text, not the error
+JSON, because it wraps the app outside the exception handlers). The access log holds the route *template*, the status
 and the time: never paths with ids, file names, headers or content.
 """
 
@@ -17,7 +18,7 @@ import uuid
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
+from app.errors import ApiError, error_response
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -77,12 +78,26 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
+        limit = self.settings.max_upload_bytes
+        received = 0
+
+        async def receive_with_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # an HTTPException: FastAPI re-raises it from body parsing, the handlers make it JSON
+                    raise ApiError(413, f"the request body exceeds {limit:,} bytes (ICSEG_MAX_UPLOAD_MB)",
+                                   code="too_large")
+            return message
+
         try:
             rejection = self._reject(scope, headers)
             if rejection is not None:
                 await rejection(scope, receive, send_with_id)
             else:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, receive_with_limit, send_with_id)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             elapsed = time.perf_counter() - start

@@ -87,7 +87,8 @@ class ModelService:
         return {
             "model": cfg.name,
             "parameters": count_parameters(net),
-            "weights": {"file": weights.get("path"), "source": weights.get("source"), "licence": weights.get("licence")},
+            "weights": {key: weights.get(src) for key, src in (("file", "path"), ("source", "source"),
+                                                                ("licence", "licence"))},
             "network": {
                 "size": cfg.size,
                 "encoder_features": list(cfg.encoder_features),

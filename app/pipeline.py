@@ -115,7 +115,7 @@ def check_support_counts(n_images: int, n_masks: int, max_support: int) -> None:
                        code="too_many_support_items", field="support_images")
 
 
-def _as_2d(data: ImageData, field: str) -> np.ndarray:
+def as_2d(data: ImageData, field: str) -> np.ndarray:
     """A 2D array from an image, or from a volume with a singleton axis (a NIfTI slice)."""
     array = data.array
     if data.kind == "volume":
@@ -174,8 +174,8 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
     if query.kind == "volume" and any(volumes):
         raise ApiError(400, "mix of 3D and 2D support items: send only NIfTI volumes or only 2D images",
                        code="invalid_input", field="support_images")
-    arrays = [_as_2d(im, f"support_images[{i}]") for i, im in enumerate(images)]
-    label_maps = [_as_2d(m, f"support_masks[{i}]") for i, m in enumerate(masks)]
+    arrays = [as_2d(im, f"support_images[{i}]") for i, im in enumerate(images)]
+    label_maps = [as_2d(m, f"support_masks[{i}]") for i, m in enumerate(masks)]
     start = time.perf_counter()
     task.support = await run_in_threadpool(model.prepare_support, arrays, label_maps)
     task.prepare_ms = (time.perf_counter() - start) * 1000

@@ -112,9 +112,10 @@ class PromptStore(ABC):
 
     def ping(self) -> None:
         """Raise when the store cannot be used."""
+        return None
 
     def close(self) -> None:
-        pass
+        return None
 
 
 class DiskPromptStore(PromptStore):
@@ -149,7 +150,7 @@ class DiskPromptStore(PromptStore):
             try:
                 old = now - path.stat().st_mtime > ORPHAN_AGE_S
                 orphan = path.suffix == ".npz" and not path.with_suffix(".json").exists()
-                if path.name.endswith(".tmp") and old or orphan and old:
+                if old and (orphan or path.name.endswith(".tmp")):
                     path.unlink(missing_ok=True)
             except FileNotFoundError:
                 pass
@@ -210,6 +211,11 @@ class DiskPromptStore(PromptStore):
         meta_path.unlink(missing_ok=True)  # invisible first, then the arrays
         npz_path.unlink(missing_ok=True)
         return existed
+
+    def ping(self) -> None:
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            raise ApiError(503, "the prompt store directory is not writable; check ICSEG_DATA_DIR",
+                           code="store_unavailable")
 
     def sweep(self) -> int:
         now = time.time()

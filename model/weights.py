@@ -30,6 +30,7 @@ DEFAULT_CARD = {
     "licence": "research and non-commercial use: trained on datasets under research-only and CC BY-NC terms "
     "(docs/model-card.md)",
 }
+UNSTATED_CARD = {"source": "icseg checkpoint", "licence": "not stated in the checkpoint's metadata"}
 OFFICIAL_CARD = {"source": "UniverSeg v1 official checkpoint", "licence": "see the UniverSeg release (research use)"}
 
 
@@ -122,7 +123,8 @@ def load_model(
         raise WeightsError(f"weights file not found: {path}; set ICSEG_WEIGHTS to an existing file", field="weights")
     if path.suffix == ".safetensors":
         net, meta = _load_safetensors(path)
-        info = {key: meta.get(key, DEFAULT_CARD[key]) for key in ("source", "licence")}
+        fallback = DEFAULT_CARD if path == DEFAULT_WEIGHTS else UNSTATED_CARD
+        info = {key: meta.get(key, fallback[key]) for key in ("source", "licence")}
     else:
         net, info = _load_official(path)
     device = torch.device(device)

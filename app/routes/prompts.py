@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import AUTH, MetricsDep, ModelDep, PromptsDep, SettingsDep
 from app.errors import ApiError
 from app.inputs import decode_image, decode_mask, read_upload
-from app.pipeline import _as_2d, check_support_counts
+from app.pipeline import as_2d, check_support_counts
 from app.prompts import PromptRecord
 from app.schemas import PromptInfo, PromptList, error_responses
 
@@ -77,9 +77,9 @@ async def create_prompt(
     mask_bytes = [await read_upload(f, f"support_masks[{i}]") for i, f in enumerate(support_masks)]
 
     def prepare():
-        images = [_as_2d(decode_image(b, f"support_images[{i}]", settings), f"support_images[{i}]")
+        images = [as_2d(decode_image(b, f"support_images[{i}]", settings), f"support_images[{i}]")
                   for i, b in enumerate(image_bytes)]
-        masks = [_as_2d(decode_mask(b, f"support_masks[{i}]", settings), f"support_masks[{i}]")
+        masks = [as_2d(decode_mask(b, f"support_masks[{i}]", settings), f"support_masks[{i}]")
                  for i, b in enumerate(mask_bytes)]
         return model.prepare_support(images, masks)
 

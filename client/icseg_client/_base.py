@@ -1,0 +1,267 @@
+"""What the sync and async clients share: settings, request building, retry policy, response parsing.
+
+Retries (openai-python's policy, narrowed to what is safe here):
+
+- a connection that could not be opened (nothing reached the server): always retried;
+- a connection that broke after the request was sent: retried only for requests that change nothing
+  on the server (GET, DELETE, POST /segment), never for POST /prompts or POST /jobs, which would store
+  a second prompt or start a second job;
+- 429 and 503: retried after the ``Retry-After`` the service sends (exponential backoff with jitter when
+  it sends none); a ``Retry-After`` longer than ``MAX_RETRY_WAIT_S`` is raised to the caller instead;
+- timeouts and every other status: never retried (a 4xx is the caller's mistake; a timed-out request
+  would only load a busy server again).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from ._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    InvalidInputError,
+    JobFailedError,
+    parse_retry_after,
+)
+from ._inputs import Upload, decode_2d, to_upload, to_uploads
+from ._types import Job, Prompt, SegmentResult
+from ._version import __version__
+
+log = logging.getLogger("icseg_client")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# the service answers a synchronous /segment within ICSEG_REQUEST_TIMEOUT_S (300 s by default)
+DEFAULT_TIMEOUT = httpx.Timeout(330.0, connect=10.0)
+DEFAULT_MAX_RETRIES = 2
+MAX_RETRY_WAIT_S = 60.0
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_MAX_S = 8.0
+
+
+@dataclass
+class RequestSpec:
+    """One HTTP request, ready to be sent (and re-sent: every file is bytes)."""
+
+    method: str
+    path: str
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    data: dict[str, str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    # safe to send again after it may have reached the server
+    idempotent: bool = True
+
+
+class BaseClient:
+    """Settings and policies; subclasses add the transport (``httpx.Client`` or ``httpx.AsyncClient``)."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        timeout: float | httpx.Timeout | None,
+        max_retries: int,
+    ):
+        base_url = base_url or os.environ.get("ICSEG_URL") or DEFAULT_URL
+        if "://" not in base_url:
+            base_url = "http://" + base_url
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key if api_key is not None else (os.environ.get("ICSEG_API_KEY") or None)
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else (
+            timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout))
+        self._request_timeout: httpx.Timeout | Any = self.timeout
+        if max_retries < 0:
+            raise ValueError("max_retries must be 0 or more")
+        self.max_retries = max_retries
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={'***' if self.api_key else None})"
+
+    def _headers(self, extra: dict[str, str]) -> dict[str, str]:
+        headers = {"User-Agent": f"icseg-client/{__version__}", **extra}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    # -- retry policy ------------------------------------------------------------------------------------
+
+    def _retry_wait(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """Seconds to wait before retry number ``attempt + 1``, or None not to retry."""
+        if attempt >= self.max_retries:
+            return None
+        if response is not None:
+            if response.status_code not in (429, 503):
+                return None
+            asked = parse_retry_after(response.headers.get("retry-after"))
+            if asked is not None:
+                return asked if asked <= MAX_RETRY_WAIT_S else None
+        backoff = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2**attempt)
+        return backoff * (1 - 0.25 * random.random())  # jitter: clients that failed together spread out
+
+    @staticmethod
+    def _retryable_exception(exc: httpx.TransportError, spec: RequestSpec) -> bool:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+            return True  # the request never reached the server
+        if isinstance(exc, httpx.TimeoutException):
+            return False
+        return spec.idempotent
+
+    @staticmethod
+    def _wrap_exception(exc: httpx.TransportError, request: httpx.Request | None) -> APIConnectionError:
+        if isinstance(exc, httpx.TimeoutException):
+            return APITimeoutError(f"no answer within the timeout ({type(exc).__name__}); raise timeout= for large "
+                                   "inputs or use segment_volume", request=request)
+        return APIConnectionError(f"cannot reach the icseg service: {exc or type(exc).__name__}", request=request)
+
+    # -- requests ----------------------------------------------------------------------------------------
+
+    def _segment_spec(
+        self,
+        path: str,
+        query: Any,
+        support_images: Any,
+        support_masks: Any,
+        prompt: Prompt | str | None,
+        threshold: float,
+        ensemble: int,
+        axis: int | None,
+        probs: bool = False,
+    ) -> tuple[RequestSpec, Upload]:
+        """Encode a /segment or /jobs request (raises InvalidInputError before anything is sent)."""
+        query_upload = to_upload(query, "query")
+        images = to_uploads(support_images, "support_images")
+        masks = to_uploads(support_masks, "support_masks", mask=True)
+        if prompt is not None and (images or masks):
+            raise InvalidInputError("give either prompt= or support_images/support_masks, not both", "prompt")
+        if prompt is None:
+            if not images or not masks:
+                raise InvalidInputError("give support_images and support_masks (paired by order), or prompt=",
+                                        "support_images" if not images else "support_masks")
+            if len(images) != len(masks):
+                raise InvalidInputError(f"{len(images)} support images but {len(masks)} support masks; pair them "
+                                        "one to one", "support_masks")
+        files = [query_upload.multipart("query")]
+        files += [u.multipart("support_images") for u in images]
+        files += [u.multipart("support_masks") for u in masks]
+        data = {"threshold": repr(float(threshold)), "ensemble": str(int(ensemble))}
+        if prompt is not None:
+            data["prompt_id"] = prompt.id if isinstance(prompt, Prompt) else str(prompt)
+        if axis is not None:
+            data["axis"] = str(int(axis))
+        if probs:
+            data["output"] = "probs"
+        spec = RequestSpec("POST", path, files=files, data=data, headers={"Accept": "application/json"},
+                           idempotent=path == "/segment")
+        return spec, query_upload
+
+    @staticmethod
+    def _prompt_spec(support_images: Any, support_masks: Any, name: str | None,
+                     label_names: dict[int, str] | None) -> RequestSpec:
+        images = to_uploads(support_images, "support_images")
+        masks = to_uploads(support_masks, "support_masks", mask=True)
+        if not images or len(images) != len(masks):
+            raise InvalidInputError(f"a prompt needs support images and masks paired one to one; got {len(images)} "
+                                    f"images and {len(masks)} masks", "support_masks")
+        files = [u.multipart("support_images") for u in images] + [u.multipart("support_masks") for u in masks]
+        data: dict[str, str] = {}
+        if name:
+            data["name"] = name
+        if label_names:
+            data["label_names"] = json.dumps({str(int(k)): v for k, v in label_names.items()})
+        return RequestSpec("POST", "/prompts", files=files, data=data, idempotent=False)
+
+    # -- responses ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _segment_result(response: httpx.Response, query: Upload, round_trip_ms: float) -> SegmentResult:
+        body = response.json()
+        probs = None
+        if body.get("probs"):
+            probs = np.stack([decode_2d(base64.b64decode(p)) for p in body["probs"]]).astype(np.float32) / 255
+        timings = {k: float(v) for k, v in (body.get("timings") or {}).items()}
+        timings["round_trip"] = round(round_trip_ms, 2)
+        return SegmentResult(
+            data=base64.b64decode(body["mask"]),
+            media_type=body.get("media_type") or "image/png",
+            labels=[int(v) for v in body.get("labels", [])],
+            shape=tuple(int(v) for v in body.get("shape", [])),
+            timings=timings,
+            label_names={int(k): v for k, v in (body.get("label_names") or {}).items()},
+            probs=probs,
+            query=query,
+        )
+
+    @staticmethod
+    def _job_result(response: httpx.Response, job: Job, query: Upload | None, labels: Sequence[int] | None,
+                    label_names: dict[int, str] | None, round_trip_ms: float) -> SegmentResult:
+        timings = {"round_trip": round(round_trip_ms, 2)}
+        if job.started_at and job.created_at:
+            timings["queued"] = round((job.started_at - job.created_at) * 1000, 2)
+        if job.started_at and job.finished_at:
+            timings["run"] = round((job.finished_at - job.started_at) * 1000, 2)
+        header = response.headers.get("x-labels")
+        result = SegmentResult(
+            data=response.content,
+            media_type=response.headers.get("content-type", "application/gzip").split(";")[0],
+            labels=[], shape=(), timings=timings, label_names=dict(label_names or {}), query=query,
+        )
+        result.shape = tuple(result.mask.shape)
+        if header:
+            result.labels = [int(v) for v in header.split(",") if v]
+        elif labels is not None:
+            result.labels = [int(v) for v in labels]
+        else:  # the job API does not say which labels were segmented: those present in the mask
+            result.labels = [int(v) for v in np.unique(result.mask) if v != 0]
+        return result
+
+    @staticmethod
+    def _timer() -> float:
+        return time.perf_counter()
+
+
+class ProgressReporter:
+    """Shows a job's progress: a tqdm bar (``progress=True``), a callback ``(done, total)``, or nothing."""
+
+    def __init__(self, progress: bool | Any, total: int, desc: str = "segment_volume"):
+        self._callback = progress if callable(progress) else None
+        self._bar = None
+        if progress is True:
+            from tqdm.auto import tqdm  # the notebook widget when ipywidgets is there, else text
+
+            self._bar = tqdm(total=total, unit="slice", desc=desc, leave=False)
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            if self._bar.total != total:
+                self._bar.total = total
+            self._bar.update(done - self._bar.n)
+        if self._callback is not None:
+            self._callback(done, total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def job_error(job: Job) -> JobFailedError:
+    error = job.error or {}
+    message = error.get("message") or f"the job was {job.status}"
+    return JobFailedError(job.id, job.status, error.get("code"), message, error.get("field"))
+
+
+def poll_delay(polls: int, poll_interval: float) -> float:
+    """Short waits first (small volumes finish in a second), then every ``poll_interval``."""
+    return min(poll_interval, 0.05 * 2**polls)

@@ -1,0 +1,204 @@
+"""What calls return: ``SegmentResult``, ``Prompt``, ``Job``."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ._inputs import Upload, decode_2d, decode_nifti, decode_upload
+from ._overlay import overlay as draw_overlay
+
+_EXTENSION = {"image/png": ".png", "image/tiff": ".tif", "application/gzip": ".nii.gz"}
+_LOSSLESS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+
+
+@dataclass(repr=False)
+class SegmentResult:
+    """A mask from the service.
+
+    Attributes:
+        data: the mask file as served: PNG (TIFF for TIFF queries) for 2D queries, gzipped NIfTI with the
+            query's affine and header for volumes.
+        media_type: ``image/png``, ``image/tiff`` or ``application/gzip`` (NIfTI).
+        labels: the label values segmented (every label of the support set), ascending.
+        label_names: label value -> name, from a stored prompt.
+        shape: the mask's shape: (H, W) or (X, Y, Z), the query's.
+        timings: milliseconds: the service's ``decode``, ``model``, ``encode`` (jobs: ``queued``, ``run``)
+            and the client's ``round_trip``.
+        probs: with ``probs=True``: (K, H, W) float32 in [0, 1] (8-bit precision), one per label.
+        query: the query as it was sent (for ``overlay``).
+    """
+
+    data: bytes
+    media_type: str
+    labels: list[int]
+    shape: tuple[int, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    label_names: dict[int, str] = field(default_factory=dict)
+    probs: np.ndarray | None = None
+    query: Upload | None = None
+
+    @property
+    def is_volume(self) -> bool:
+        return self.media_type == "application/gzip" or self.data[:2] == b"\x1f\x8b"
+
+    @property
+    def extension(self) -> str:
+        """The served file's extension: ".png", ".tif" or ".nii.gz"."""
+        return _EXTENSION.get(self.media_type, ".nii.gz" if self.is_volume else ".png")
+
+    @cached_property
+    def nifti(self) -> Any:
+        """The mask as a ``nibabel.Nifti1Image`` (volumes only; needs nibabel)."""
+        if not self.is_volume:
+            raise ValueError("the mask of a 2D query is a PNG/TIFF; use .mask")
+        return decode_nifti(self.data)
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        """The label map: (H, W) or (X, Y, Z) uint8 (uint16 above 255 labels), 0 background."""
+        if self.is_volume:
+            return np.asarray(self.nifti.dataobj)
+        return decode_2d(self.data, mask=True)
+
+    @property
+    def affine(self) -> np.ndarray | None:
+        """(4, 4) voxel-to-world matrix of a volume's mask (the query's), None for 2D."""
+        return np.asarray(self.nifti.affine) if self.is_volume else None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the mask file.
+
+        Args:
+            path: the file to write. Without an extension the served one is added (.png, .tif, .nii.gz).
+                2D masks may be saved as .png, .tif or .bmp (lossless); volumes as .nii.gz or .nii.
+
+        Returns:
+            The path written.
+        """
+        path = Path(path).expanduser()
+        served = self.extension
+        name = path.name.lower()
+        if not path.suffix:
+            path = path.with_name(path.name + served)
+            payload = self.data
+        elif self.is_volume:
+            if name.endswith(".nii.gz"):
+                payload = self.data
+            elif name.endswith(".nii"):
+                payload = gzip.decompress(self.data)
+            else:
+                raise ValueError(f"a volume's mask is NIfTI: save it as .nii.gz or .nii, not {path.name}")
+        elif name.endswith(served):
+            payload = self.data
+        elif path.suffix.lower() in _LOSSLESS:
+            buf = io.BytesIO()
+            Image.fromarray(self.mask).save(buf, format=_LOSSLESS[path.suffix.lower()])
+            payload = buf.getvalue()
+        else:
+            raise ValueError(f"masks are saved losslessly: use .png, .tif or .bmp, not {path.name}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(payload)
+        return path
+
+    def overlay(self, *, slice_index: int | None = None, axis: int = 2, thickness: int | None = None,
+                fill: float = 0.0) -> np.ndarray:
+        """The query as RGB with each label's contour in a colour.
+
+        Args:
+            slice_index: volumes: the slice along ``axis`` to draw; default: the one with most foreground.
+            axis: volumes: the slicing axis.
+            thickness: contour width in pixels (default grows with the image).
+            fill: opacity of a tint inside each region (0: contours only).
+
+        Returns:
+            (H, W, 3) uint8; for a volume, one slice in array order (not a viewer's display orientation).
+        """
+        if self.query is None:
+            raise ValueError("this result does not hold its query; use icseg_client.overlay(image, mask)")
+        image, mask = decode_upload(self.query), self.mask
+        if image.shape[: mask.ndim] != mask.shape:
+            raise ValueError(f"the query {image.shape} and the mask {mask.shape} differ in shape")
+        if mask.ndim == 3:
+            if slice_index is None:
+                slice_index = int(np.argmax(np.moveaxis(mask != 0, axis, 0).reshape(mask.shape[axis], -1).sum(1)))
+            image, mask = np.take(image, slice_index, axis=axis), np.take(mask, slice_index, axis=axis)
+        return draw_overlay(image, mask, self.labels, thickness=thickness, fill=fill)
+
+    def __repr__(self) -> str:
+        names = f", label_names={self.label_names}" if self.label_names else ""
+        return (f"SegmentResult(shape={self.shape}, labels={self.labels}{names}, media_type={self.media_type!r}, "
+                f"timings={self.timings})")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A support set stored on the service (metadata only; the pixels stay on the server).
+
+    Attributes:
+        id: 32 hex digits; pass the Prompt or its id as ``segment(query, prompt=...)``.
+        labels: the label values it segments.
+        support_size: support items S.
+        network_size: the side N it was prepared at.
+        created_at, expires_at: unix times (``expires_at`` None: never).
+        bytes: stored size.
+    """
+
+    id: str
+    name: str | None
+    labels: list[int]
+    label_names: dict[int, str]
+    support_size: int
+    network_size: int
+    created_at: float
+    expires_at: float | None
+    bytes: int
+
+    @classmethod
+    def from_json(cls, body: dict) -> Prompt:
+        return cls(
+            id=body["id"], name=body.get("name"), labels=[int(v) for v in body.get("labels", [])],
+            label_names={int(k): v for k, v in (body.get("label_names") or {}).items()},
+            support_size=int(body.get("support_size", 0)), network_size=int(body.get("network_size", 0)),
+            created_at=float(body.get("created_at", 0.0)), expires_at=body.get("expires_at"),
+            bytes=int(body.get("bytes", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """A background segmentation (a volume) on the service.
+
+    Attributes:
+        status: "queued", "running", "done", "failed" or "cancelled".
+        done, total: progress in slices.
+        error: the service's ``{"code", "message", "field"}`` for a failed job.
+    """
+
+    id: str
+    status: str
+    done: int
+    total: int
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: dict | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "failed", "cancelled")
+
+    @classmethod
+    def from_json(cls, body: dict) -> Job:
+        progress = body.get("progress") or {}
+        return cls(id=body["id"], status=body["status"], done=int(progress.get("done", 0)),
+                   total=int(progress.get("total", 0)), created_at=float(body.get("created_at") or 0.0),
+                   started_at=body.get("started_at"), finished_at=body.get("finished_at"), error=body.get("error"))
