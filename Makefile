@@ -10,11 +10,11 @@ $(BIN)/python:
 	$(BIN)/pip install --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install -e .
+	$(BIN)/pip install -e . -e ./client
 
 install-dev: $(BIN)/python
 	./scripts/install-system-deps.sh
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev]' -e ./client
 
 serve: install
 	$(BIN)/icseg serve --host $(HOST) --port $(PORT)

@@ -24,7 +24,7 @@ class NetworkConfig:
     size: int = 128
     negative_slope: float = 0.01
     max_support: int = 64
-    name: str = "universeg-v1"
+    name: str = "icseg"
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -45,4 +45,4 @@ class NetworkConfig:
 
 def universeg_v1_config() -> NetworkConfig:
     """The shape of the released UniverSeg v1 network (nf = 64, 1,182,785 parameters)."""
-    return NetworkConfig()
+    return NetworkConfig(name="universeg-v1")

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,49 +23,11 @@ from tqdm import tqdm
 from data.augment import apply_in_task, apply_task_level, in_task_transform
 from data.datasets import Task, load_tasks, sample_episode
 from data.synthetic import synthetic_episode
-from model.config import NetworkConfig
 from model.network import build_network
+from model.train_config import TrainConfig
 from model.weights import save_checkpoint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; saved in the run folder and in each checkpoint."""
-
-    run_dir: str = "runs/default"
-    data_root: str | None = None
-    exclude: tuple[str, ...] = ()
-    steps: int = 20000
-    batch_size: int = 8
-    support_min: int = 2
-    support_max: int = 16
-    synthetic_fraction: float = 0.5
-    empty_query_fraction: float = 0.05
-    size: int = 128
-    warmup_size: int = 64
-    warmup_steps: int = 0
-    lr: float = 1e-3
-    lr_warmup_steps: int = 200
-    weight_decay: float = 1e-4
-    augment_p: float = 0.5
-    task_augment_p: float = 0.2
-    features: int = 64
-    seed: int = 0
-    device: str = "cpu"
-    bf16: bool = False
-    channels_last: bool = True
-    workers: int = 1
-    checkpoint_minutes: float = 5.0
-    max_minutes: float | None = None
-    progress: bool = True
-    name: str = "icseg-default"
-    extra: dict = field(default_factory=dict)
-
-    def network_config(self) -> NetworkConfig:
-        nf = self.features
-        return NetworkConfig(encoder_features=(nf,) * 4, decoder_features=(nf,) * 3, size=self.size, name=self.name)
 
 
 def batch_for_step(cfg: TrainConfig, step: int, tasks: dict[str, list[Task]], transform) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ def _tuple(text: str) -> tuple[str, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from model.train import TrainConfig
+    from model.train_config import TrainConfig
 
     defaults = TrainConfig()
     p = sub.add_parser("train", help="train an in-context model on datasets and synthetic tasks (resumes a run)")
@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from model.train import TrainConfig, Trainer
+    from model.train import Trainer
+    from model.train_config import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
