@@ -22,6 +22,9 @@ from model.train import TrainConfig, loss_fn
 
 
 def _episodes_per_second(size: int, n_images: int, seconds: float = 5.0, augment: bool = False) -> float:
+    """Episodes per second on one thread, as in the training run's data worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
     transform = in_task_transform(0.5)
@@ -32,6 +35,7 @@ def _episodes_per_second(size: int, n_images: int, seconds: float = 5.0, augment
             images, masks = apply_in_task(transform, images, masks, count)
             images, masks = apply_task_level(images, masks, rng)
         count += 1
+    torch.set_num_threads(threads)
     return count / (time.perf_counter() - start)
 
 
@@ -62,7 +66,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    print(f"| episode source (S + 1 = {args.support + 1} images, 128x128) | episodes/s |")
+    print(f"| episode source (S + 1 = {args.support + 1} images, 128x128, one thread) | episodes/s |")
     print("| --- | --- |")
     print(f"| synthetic | {_episodes_per_second(128, args.support + 1):.1f} |")
     augmented = _episodes_per_second(128, args.support + 1, augment=True)
