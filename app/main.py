@@ -16,7 +16,7 @@ from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.model_service import ModelService
 from app.prompts import Prompts, make_store
-from app.routes import health, info, jobs, prompts, segment
+from app.routes import health, info, jobs, prompts, segment, viewer
 from app.routes import metrics as metrics_route
 from app.settings import Settings
 
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.model, app.state.model_error = None, "the server is starting"
     install_error_handlers(app)
-    for module in (health, info, metrics_route, segment, prompts, jobs):
+    for module in (health, info, metrics_route, segment, prompts, jobs, viewer):
         app.include_router(module.router)
     app.add_middleware(RequestContext, settings=settings, metrics=metrics)
     if settings.cors_origins:  # outermost, so that preflights and 401s carry the CORS headers

@@ -42,14 +42,15 @@ class RequestContext:
         self.app = app
         self.settings = settings
         self.metrics = metrics
-        self.public = {"/healthz", "/readyz"}
+        self.public = {"/healthz", "/readyz", "/"}  # "/" and /static/: the viewer's page, which holds no data
         if settings.docs:
             self.public |= {"/docs", "/docs/oauth2-redirect", "/openapi.json"}
 
     def _reject(self, scope: Scope, headers: Headers):
         """A response for a request that must not reach the app, or None."""
         keys = self.settings.api_keys
-        if keys and scope["path"] not in self.public and scope["method"] != "OPTIONS":
+        path = scope["path"]
+        if keys and path not in self.public and not path.startswith("/static/") and scope["method"] != "OPTIONS":
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not key_matches(token.strip(), keys):
                 return error_response(401, "unauthorized", "send a valid API key as `Authorization: Bearer <key>`",
