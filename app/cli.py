@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "app.serve_cli",
     "app.segment_cli",
     "app.prompt_cli",
+    "app.batch_cli",
 ]
 
 

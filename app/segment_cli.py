@@ -244,22 +244,12 @@ def _as_2d(array, field: str):
 def _run_local(args: argparse.Namespace, plan: Plan) -> int:
     import numpy as np
 
-    from data.io import encode_mask, read_image, read_mask
+    from data.io import encode_mask, read_image
     from model.segmenter import Segmenter
 
     weights = args.weights or os.environ.get("ICSEG_WEIGHTS") or None
     segmenter = Segmenter.from_pretrained(weights, device=args.device)
-    images = [read_image(p, field=f"support_images[{i}]") for i, p in enumerate(plan.support_images)]
-    masks = [read_mask(p, field=f"support_masks[{i}]") for i, p in enumerate(plan.support_masks)]
-    volumes = [im.kind == "volume" and 1 not in im.array.shape for im in images]
-    support = None
-    if not any(volumes):
-        support = segmenter.prepare_support(
-            [_as_2d(im.array, f"support_images[{i}]") for i, im in enumerate(images)],
-            [_as_2d(m.array, f"support_masks[{i}]") for i, m in enumerate(masks)],
-        )
-    elif not all(volumes):
-        raise UsageError("mix of 3D and 2D support items: give only NIfTI volumes or only 2D images")
+    support, images, masks = _read_support(segmenter, plan.support_images, plan.support_masks)
     # overlays colour each label the same way in every query, as the server mode does
     labels = list(support.labels) if support is not None else sorted(
         {int(v) for m in masks for v in np.unique(m.array) if v != 0})
@@ -288,6 +278,24 @@ def _run_local(args: argparse.Namespace, plan: Plan) -> int:
         if args.overlay:
             _save_overlay(_local_overlay(query.array, mask, labels, args.axis), plan.out, _stem(path))
     return _finish(failed, len(plan.queries))
+
+
+def _read_support(segmenter, image_paths: list[Path], mask_paths: list[Path]):
+    """The support files, read once: (2D PreparedSupport, or None for 3D volumes; images; masks as ImageData)."""
+    from data.io import read_image, read_mask
+
+    images = [read_image(p, field=f"support_images[{i}]") for i, p in enumerate(image_paths)]
+    masks = [read_mask(p, field=f"support_masks[{i}]") for i, p in enumerate(mask_paths)]
+    volumes = [im.kind == "volume" and 1 not in im.array.shape for im in images]
+    support = None
+    if not any(volumes):
+        support = segmenter.prepare_support(
+            [_as_2d(im.array, f"support_images[{i}]") for i, im in enumerate(images)],
+            [_as_2d(m.array, f"support_masks[{i}]") for i, m in enumerate(masks)],
+        )
+    elif not all(volumes):
+        raise UsageError("mix of 3D and 2D support items: give only NIfTI volumes or only 2D images")
+    return support, images, masks
 
 
 def _volume_with_support(segmenter, volume, support, args):

@@ -1,0 +1,484 @@
+"""`icseg batch`: one support set over a folder or manifest of images and volumes, on Ray.
+
+The driver (this process) plans the run, skips inputs whose mask is already complete, prepares the support set
+once and puts it in Ray's object store; a pool of model-holding actors (Ray Data ``map_batches``) reads each
+input, segments it and writes its mask atomically. Without ``--address`` a local Ray is started on this
+machine: the same code path as on a cluster.
+
+Ray is an optional extra (``pip install -e '.[batch]'``) imported only inside the command, never by the rest
+of the product. Exit codes: 0 every input segmented or skipped; 1 an input failed (listed in the summary CSV),
+Ray is missing, or the model could not load; 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import os
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+from app.segment_cli import (
+    IMAGE_SUFFIXES,
+    UsageError,
+    _expand,
+    _is_image_file,
+    _is_reportable,
+    _message,
+    _read_support,
+    _stem,
+    _volume_with_support,
+)
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FIELDS = ("input", "output", "status", "seconds", "error")
+INSTALL_HINT = "pip install -e '.[batch]'"
+
+EXAMPLES = """examples:
+  # a local Ray on this machine, two model replicas
+  icseg batch --weights model.safetensors --prompt-dir prompt/ --inputs scans/ --out masks/ --replicas 2
+  # an existing cluster: 8 replicas sharing 4 GPUs; paths must be visible to every node
+  icseg batch --address auto --prompt-dir /shared/prompt --inputs /shared/list.txt --out /shared/masks \\
+      --replicas 8 --gpus-per-replica 0.5 --batch-size 16
+
+--prompt-dir holds images/ and masks/ (2D support items paired by sorted order, as in `icseg segment`).
+--inputs is a folder (scanned for image and NIfTI files) or a manifest: one path per line, relative to the
+manifest's folder, '#' starts a comment. Masks are written as OUT/<input name> in the input's format and
+geometry; a rerun skips inputs whose mask is already complete. The summary CSV (default
+OUT/batch-summary.csv) has one row per input: input, output, status (ok, skipped, failed), seconds, error.
+exit codes: 0 ok, 1 an input failed (see the CSV) or a setup failure, 2 usage error"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "batch",
+        help="segment many images/volumes with one support set on Ray (local or an existing cluster)",
+        description="Segment every input with one support set through a pool of model replicas on Ray. "
+        f"Needs the batch extra: {INSTALL_HINT}.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--prompt-dir", required=True, metavar="DIR", help="support set: DIR/images and DIR/masks")
+    p.add_argument("--inputs", required=True, metavar="MANIFEST_OR_DIR", help="a folder of inputs or a manifest")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
+    p.add_argument("--summary", metavar="CSV", help="summary file (default: OUT/batch-summary.csv)")
+    p.add_argument("--weights", help="weights file (default: ICSEG_WEIGHTS, then the embedded default model); "
+                   "on a cluster it must exist at this path on every node")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability at which a pixel gets a label")
+    p.add_argument("--ensemble", type=int, default=1, help="average over this many random support subsets")
+    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="volumes: slicing axis (2: axial for RAS)")
+    ray_group = p.add_argument_group("Ray")
+    ray_group.add_argument("--address", help="an existing cluster: 'auto' (this node's) or ray://HOST:10001; "
+                           "omit to start a local Ray on this machine")
+    ray_group.add_argument("--replicas", type=int, default=1, help="model-holding actors (default 1)")
+    ray_group.add_argument("--gpus-per-replica", type=float, default=0.0,
+                           help="GPUs per actor, fractions share a GPU (default 0: CPU)")
+    ray_group.add_argument("--cpus-per-replica", type=float, default=1.0,
+                           help="CPUs per actor; also its torch threads (default 1)")
+    ray_group.add_argument("--batch-size", type=int, default=8, help="inputs per actor call (default 8)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="retry inputs that failed in the previous run even if unchanged since (default: keep them "
+                   "as failed without work)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Item:
+    input: Path
+    output: Path
+
+
+@dataclass
+class Plan:
+    items: list[Item]
+    support_images: list[Path]
+    support_masks: list[Path]
+    out: Path
+    summary: Path
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        plan = _plan(args)
+    except UsageError as exc:
+        print(f"icseg batch: error: {exc}", file=sys.stderr)
+        return 2
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read when Ray starts: nothing is reported anywhere
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the Data library is part of the extra, not of every Ray install
+    except ImportError as exc:
+        print(f"error: icseg batch needs Ray Data ({exc}): {INSTALL_HINT}", file=sys.stderr)
+        return 1
+    try:
+        return _run(args, plan, ray)
+    except UsageError as exc:
+        print(f"icseg batch: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the model's typed errors and OSErrors: their message is the report
+        if not _is_reportable(exc):
+            raise
+        print(f"error: {_message(exc)}", file=sys.stderr)
+        return 1
+
+
+# -- arguments -> files --------------------------------------------------------------------------------------
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    prompt = Path(args.prompt_dir)
+    if not (prompt / "images").is_dir() or not (prompt / "masks").is_dir():
+        raise UsageError(f"--prompt-dir: {prompt} must hold the folders images/ and masks/")
+    images = _expand([str(prompt / "images")], "--prompt-dir images/")
+    masks = _expand([str(prompt / "masks")], "--prompt-dir masks/")
+    if len(images) != len(masks):
+        raise UsageError(f"--prompt-dir: {len(images)} images but {len(masks)} masks; pair them one to one")
+    for flag, value, low in (("--replicas", args.replicas, 1), ("--batch-size", args.batch_size, 1),
+                             ("--ensemble", args.ensemble, 1)):
+        if value < low:
+            raise UsageError(f"{flag} must be {low} or more")
+    if args.gpus_per_replica < 0 or args.cpus_per_replica <= 0:
+        raise UsageError("--gpus-per-replica must be 0 or more and --cpus-per-replica more than 0")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold must be between 0 and 1")
+    out = Path(args.out).resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: {out} is a file, not a folder")
+    inputs = _inputs(Path(args.inputs))
+    items, seen = [], {}
+    for path in inputs:
+        output = out / (_stem(path) + _mask_extension(path))
+        if output in seen:
+            raise UsageError(f"{seen[output]} and {path} would both write {output}; rename one")
+        seen[output] = path
+        items.append(Item(path, output))
+    summary = Path(args.summary).resolve() if args.summary else out / "batch-summary.csv"
+    return Plan(items, images, masks, out, summary)
+
+
+def _inputs(source: Path) -> list[Path]:
+    """Absolute input paths (actors may run elsewhere) from a folder, a manifest, or one image file."""
+    if source.is_dir():
+        found = sorted(p.resolve() for p in source.iterdir() if _is_image_file(p))
+        if not found:
+            raise UsageError(f"--inputs: no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {source}")
+        return found
+    if not source.is_file():
+        raise UsageError(f"--inputs: no such file or folder: {source}")
+    if _is_image_file(source) and _sniff(source) is not None:
+        return [source.resolve()]
+    try:
+        lines = source.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--inputs: {source} is neither an image nor a text manifest ({exc})") from exc
+    # a listed file that is missing is a failed input in the summary, not a usage error: archives have holes
+    found = [(source.parent / line.strip()).resolve() for line in lines if line.strip() and not line.startswith("#")]
+    if not found:
+        raise UsageError(f"--inputs: the manifest {source} lists no files (one path per line)")
+    return found
+
+
+def _sniff(path: Path) -> str | None:
+    from data.io import detect_format
+
+    try:
+        with open(path, "rb") as f:
+            return detect_format(f.read(540))
+    except OSError:
+        return None
+
+
+def _mask_extension(path: Path) -> str:
+    """The extension ``encode_mask`` will give this input's mask, from the file's leading bytes."""
+    fmt = _sniff(path)
+    return ".nii.gz" if fmt in ("nifti", "gzip") else ".tif" if fmt == "tiff" else ".png"
+
+
+def _is_complete(path: Path) -> bool:
+    """A mask from an earlier run that decodes to the end (writes are atomic; this also catches foreign files)."""
+    from data.io import read_mask
+    from model.errors import InputError
+
+    if not path.is_file():
+        return False
+    try:
+        read_mask(path, field="mask")
+    except InputError:
+        return False
+    return True
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, plan: Plan, ray) -> int:
+    from model.segmenter import Segmenter
+
+    weights = args.weights or os.environ.get("ICSEG_WEIGHTS") or None
+    weights = str(Path(weights).expanduser().resolve()) if weights else None
+    # the driver loads the model only to learn its preprocessing (size, limits) and to fail early on bad weights
+    segmenter = Segmenter.from_pretrained(weights, device="cpu")
+    support, _, _ = _read_support(segmenter, plan.support_images, plan.support_masks)
+    if support is None:
+        raise UsageError("--prompt-dir holds 3D volumes; icseg batch takes 2D support items (use `icseg segment` "
+                         "for position-matched volume support)")
+    rows = {item.input: _row(item, "pending") for item in plan.items}
+    earlier = {} if args.retry_failed else _earlier_failures(plan.summary)
+    todo, kept = [], 0
+    for item in plan.items:
+        if _is_complete(item.output):
+            rows[item.input] = _row(item, "skipped")
+        elif item.input in earlier and earlier[item.input]["output"] == str(item.output):
+            rows[item.input] = earlier[item.input] | {"seconds": 0.0}
+            kept += 1
+        else:
+            todo.append(item)
+    if kept:
+        print(f"{kept} input(s) failed in an earlier run and are unchanged since: not retried (--retry-failed "
+              "retries them)", file=sys.stderr)
+    replicas: set[str] = set()
+    started = time.perf_counter()
+    try:
+        if todo:
+            for result in _segment_on_ray(ray, args, plan, todo, support.to_arrays(), weights):
+                replicas.add(result.pop("replica"))
+                rows[Path(result["input"])] = result
+    finally:
+        elapsed = time.perf_counter() - started
+        _write_summary(plan.summary, [rows[item.input] for item in plan.items])
+    return _report(list(rows.values()), elapsed, len(replicas), plan.summary)
+
+
+def _earlier_failures(summary: Path) -> dict[Path, dict]:
+    """Rows of an earlier run's summary that failed on an input not modified since (or still missing)."""
+    try:
+        since = summary.stat().st_mtime
+        with open(summary, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row.get("status") == "failed"]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return {}
+    unchanged = {}
+    for row in rows:
+        path = Path(row["input"])
+        try:
+            if path.stat().st_mtime > since:
+                continue
+        except OSError:
+            pass  # still missing: as failed as before
+        unchanged[path] = {key: row.get(key, "") for key in SUMMARY_FIELDS}
+    return unchanged
+
+
+def _row(item: Item, status: str, seconds: float = 0.0, error: str = "") -> dict:
+    return {"input": str(item.input), "output": str(item.output), "status": status, "seconds": round(seconds, 3),
+            "error": error}
+
+
+def start_ray(ray, address: str | None, num_cpus: float) -> bool:
+    """Connect to ``address``, or start a local Ray limited to ``num_cpus``; False if one was already running.
+
+    Local Ray keeps to this machine: no dashboard, no usage statistics (RAY_USAGE_STATS_ENABLED=0).
+    """
+    if ray.is_initialized():
+        return False
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        # "local": a new Ray of our own, even where RAY_ADDRESS or an earlier `ray start` names another
+        ray.init(address="local", num_cpus=max(1, math.ceil(num_cpus)), include_dashboard=False, **quiet)
+    return True
+
+
+def _segment_on_ray(ray, args, plan: Plan, todo: list[Item], support_arrays: dict, weights: str | None):
+    """Yield one result row per input of ``todo`` (with the replica that did it) as the actors finish them."""
+    from ray.data import ActorPoolStrategy, DataContext
+    from tqdm import tqdm
+
+    started = start_ray(ray, args.address, args.replicas * args.cpus_per_replica)
+    try:
+        _check_resources(ray.cluster_resources(), args)
+        context = DataContext.get_current()
+        context.enable_progress_bars = False  # our bar counts inputs; Ray's would repeat it per operator
+        logging.getLogger("ray.data").setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+        plan.out.mkdir(parents=True, exist_ok=True)
+        support_ref = ray.put(support_arrays)  # prepared once here, fetched once per actor
+        blocks = math.ceil(len(todo) / args.batch_size)  # one block per actor call: idle actors can take the next
+        dataset = ray.data.from_items(
+            [{"input": str(item.input), "output": str(item.output)} for item in todo], override_num_blocks=blocks
+        ).map_batches(
+            SegmentActor,
+            batch_size=args.batch_size,
+            batch_format="numpy",
+            # two calls in flight per actor: one running, one queued, and the rest left for idle actors
+            compute=ActorPoolStrategy(size=min(args.replicas, blocks), max_tasks_in_flight_per_actor=2),
+            num_cpus=args.cpus_per_replica,
+            num_gpus=args.gpus_per_replica or None,
+            fn_constructor_kwargs={
+                "weights": weights, "support": support_ref, "device": "cuda" if args.gpus_per_replica else "cpu",
+                "threads": max(1, int(args.cpus_per_replica)),
+                "options": {"threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis},
+            },
+        )
+        bar = tqdm(total=len(todo), unit="input", desc="batch", disable=not args.progress, file=sys.stderr)
+        with bar:
+            for row in dataset.iter_rows():
+                bar.update(1)
+                yield {key: _plain(row[key]) for key in (*SUMMARY_FIELDS, "replica")}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _check_resources(total: dict, args) -> None:
+    """Fail now when not one replica fits (Ray would wait forever); warn when only some do (they take turns)."""
+    needs = {"CPU": args.cpus_per_replica, "GPU": args.gpus_per_replica}
+    fits = min(int(total.get(k, 0) // v) if v else args.replicas for k, v in needs.items())
+    have = ", ".join(f"{total.get(k, 0):g} {k}" for k in needs)
+    if fits == 0:
+        raise UsageError(f"the Ray cluster has {have}: not enough for one replica ({args.cpus_per_replica:g} CPU, "
+                         f"{args.gpus_per_replica:g} GPU); lower --cpus-per-replica/--gpus-per-replica")
+    if fits < args.replicas:
+        log.warning("the Ray cluster has %s: %d of %d replicas fit at once", have, fits, args.replicas)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+class SegmentActor:
+    """One model replica in Ray's actor pool: the network, and the support set prepared by the driver.
+
+    Args:
+        weights: the weights path (None: the embedded default model), as seen on the actor's node.
+        support: an ObjectRef of ``PreparedSupport.to_arrays()`` (Ray Data hands constructor arguments over as
+            they are: the actor fetches the arrays once, here), or the arrays themselves.
+        device: torch device ("cuda" is the GPU Ray assigned to this actor).
+        threads: torch intra-op threads (the actor's CPUs).
+        options: threshold, ensemble, axis, as on the command line.
+    """
+
+    def __init__(self, weights: str | None, support, device: str, threads: int, options: dict):
+        import numpy as np
+        import ray
+        import torch
+
+        from model.segmenter import PreparedSupport, Segmenter
+
+        torch.set_num_threads(threads)
+        self.segmenter = Segmenter.from_pretrained(weights, device=device)
+        arrays = ray.get(support) if isinstance(support, ray.ObjectRef) else support
+        # the object store hands out read-only views; torch wants its own writable copy
+        self.support = PreparedSupport.from_arrays({key: np.array(value) for key, value in arrays.items()})
+        self.options = SimpleNamespace(**options)
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch: dict) -> dict:
+        """``{"input": (B,) str, "output": (B,) str}`` -> the summary columns and "replica", (B,) each."""
+        items = [Item(Path(str(i)), Path(str(o))) for i, o in zip(batch["input"], batch["output"])]
+        rows = segment_items(self.segmenter, self.support, items, self.options)
+        return {key: [row[key] for row in rows] for key in SUMMARY_FIELDS} | {"replica": [self.replica] * len(rows)}
+
+
+def segment_items(segmenter, support, items: list[Item], options) -> list[dict]:
+    """Read, segment and write each input; a failing input gives a "failed" row and the others go on.
+
+    The 2D images of the call share one ``predict_many`` (the network batches them); volumes go slice by slice.
+    ``seconds`` is each input's read + write time plus its share of the batched prediction.
+    """
+    from data.io import read_image
+    from model.segmenter import merge_labels
+
+    rows: dict[int, dict] = {}
+    images = []  # (index, query, seconds so far)
+    for index, item in enumerate(items):
+        began = time.perf_counter()
+        try:
+            query = read_image(item.input, field="query")
+            if query.kind == "image":
+                images.append((index, query, time.perf_counter() - began))
+                continue
+            mask = _volume_with_support(segmenter, query.array, support, options)
+            rows[index] = _row(item, "ok", error="")
+            rows[index]["output"] = str(_write_mask(mask, query, item.output))
+        except Exception as exc:  # noqa: BLE001 - any failure of one input is that input's row
+            rows[index] = _row(item, "failed", error=_message(exc))
+        rows[index]["seconds"] = round(time.perf_counter() - began, 3)
+    if images:
+        began = time.perf_counter()
+        try:
+            probs = segmenter.predict_many([query.array for _, query, _ in images], support, ensemble=options.ensemble)
+            masks = [merge_labels(p, support.labels, options.threshold) for p in probs]
+        except Exception:  # noqa: BLE001 - one bad image fails the shared call: redo them one by one
+            masks = [None] * len(images)
+        share = (time.perf_counter() - began) / len(images)
+        for (index, query, seconds), mask in zip(images, masks):
+            item, began = items[index], time.perf_counter()
+            try:
+                if mask is None:
+                    mask = segmenter.predict(query.array, support=support, ensemble=options.ensemble,
+                                             threshold=options.threshold)
+                rows[index] = _row(item, "ok")
+                rows[index]["output"] = str(_write_mask(mask, query, item.output))
+            except Exception as exc:  # noqa: BLE001
+                rows[index] = _row(item, "failed", error=_message(exc))
+            rows[index]["seconds"] = round(seconds + share + time.perf_counter() - began, 3)
+    return [rows[i] for i in range(len(items))]
+
+
+def _write_mask(mask, query, output: Path) -> Path:
+    """The mask in the query's format and geometry, written atomically: a rerun never sees half a file."""
+    from data.io import encode_mask
+
+    payload, _, extension = encode_mask(mask, query)
+    if not output.name.endswith(extension):  # the driver guessed from the leading bytes; the decoder decides
+        output = output.with_name(_stem(output) + extension)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+
+
+def _write_summary(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _report(rows: list[dict], elapsed: float, replicas: int, summary: Path) -> int:
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "skipped", "failed", "pending")}
+    failed = [r for r in rows if r["status"] == "failed"]
+    for row in failed[:10]:
+        print(f"error: {row['input']}: {row['error']}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"... and {len(failed) - 10} more failures", file=sys.stderr)
+    rate = counts["ok"] / elapsed if elapsed > 0 else 0.0
+    pending = f", {counts['pending']} not run" if counts["pending"] else ""
+    on = f"{replicas} replica" + "s" * (replicas != 1)
+    print(f"batch: {counts['ok']} segmented, {counts['skipped']} skipped, {counts['failed']} failed{pending} "
+          f"of {len(rows)} inputs in {elapsed:.1f} s ({rate:.2f} inputs/s on {on}); summary {summary}")
+    return 1 if failed or counts["pending"] else 0
