@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -26,6 +28,10 @@ from model.segmenter import PreparedSupport
 log = logging.getLogger(__name__)
 
 RunMany = Callable[[Sequence[np.ndarray], PreparedSupport, int], list[np.ndarray]]
+
+
+class QueueFull(Exception):
+    """``max_pending`` queries already wait: the caller answers 429 instead of queueing without bound."""
 
 
 @dataclass
@@ -45,14 +51,19 @@ class MicroBatcher:
         max_batch: most queries per pass.
         wait_s: extra time to wait for company before a pass.
         metrics: batch size, queue depth and model time are recorded here.
+        max_pending: most queries waiting (not counting the pass that runs); ``submit`` raises ``QueueFull``
+            beyond it. None: no bound.
     """
 
-    def __init__(self, run_many: RunMany, executor: Executor, max_batch: int, wait_s: float, metrics: Metrics):
+    def __init__(self, run_many: RunMany, executor: Executor, max_batch: int, wait_s: float, metrics: Metrics,
+                 max_pending: int | None = None):
         self._run_many = run_many
         self._executor = executor
         self._max_batch = max_batch
         self._wait_s = wait_s
         self._metrics = metrics
+        self._max_pending = max_pending
+        self._recent: deque[tuple[float, int]] = deque(maxlen=20)  # (seconds, queries) of the last passes
         self._pending: list[_Item] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -60,6 +71,21 @@ class MicroBatcher:
     @property
     def depth(self) -> int:
         return len(self._pending)
+
+    @property
+    def full(self) -> bool:
+        return self._max_pending is not None and len(self._pending) >= self._max_pending
+
+    def seconds_per_query(self) -> float:
+        """Mean model time per query over the last passes (1 s before the first pass)."""
+        seconds = sum(s for s, _ in self._recent)
+        queries = sum(n for _, n in self._recent)
+        return seconds / queries if queries else 1.0
+
+    def retry_after(self, waiting: int | None = None) -> int:
+        """Seconds until the queries waiting now are likely through: what a 429 asks a client to wait."""
+        waiting = self.depth if waiting is None else waiting
+        return int(min(300, max(1, math.ceil(self.seconds_per_query() * (waiting + 1)))))
 
     def start(self) -> None:
         self._wake = asyncio.Event()
@@ -81,6 +107,8 @@ class MicroBatcher:
         """Queue one query; returns its (K, H, W) float32 probabilities in [0, 1]."""
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
+        if self.full:
+            raise QueueFull
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Item(query, support, ensemble, future))
         self._metrics.queue_depth.set(len(self._pending))
@@ -143,6 +171,7 @@ class MicroBatcher:
             log.exception("model pass failed")
             return [exc] * len(group)
         finally:
+            self._recent.append((time.perf_counter() - start, len(group)))
             self._metrics.model_seconds.labels("segment").observe(time.perf_counter() - start)
             self._metrics.batch_size.observe(len(group))
         return out

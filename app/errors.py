@@ -12,8 +12,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from model.errors import InputError
+
+try:  # newer FastAPI keeps included routers nested in app.routes; this walks them
+    from fastapi.routing import iter_route_contexts
+except ImportError:  # older FastAPI: app.routes is already flat
+    def iter_route_contexts(routes):
+        return iter(routes)
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +95,43 @@ def _field_from_loc(loc: tuple) -> str | None:
     return field
 
 
+# Starlette's multipart limits (app.main sets them) raise a plain 400; these get the documented answers
+_FORM_LIMITS = (
+    ("Too many files", 422, "too_many_support_items", "support_images",
+     "the form holds more files than a support set of ICSEG_MAX_SUPPORT pairs and a query; send fewer"),
+    ("Too many fields", 422, "invalid_request", None, "the form holds too many fields; send only the documented ones"),
+    ("exceeded maximum size", 413, "too_large", None,
+     "a text field of the form exceeds 1 MB (e.g. label_names); send it shorter"),
+)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method of every route on this path (Starlette's 405 names only the first matching route's)."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        if route.path and route.methods and compile_path(route.path)[0].fullmatch(request.url.path):
+            methods |= set(route.methods)
+    return ", ".join(sorted(methods))
+
+
 async def _api_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.message, exc.field, exc.headers)
     code = _STATUS_CODES.get(exc.status_code, "error")
     message = str(exc.detail) if exc.detail else code.replace("_", " ")
+    headers = exc.headers
+    if exc.status_code == 400:
+        for hint, status, limit_code, field, limit_message in _FORM_LIMITS:
+            if hint in message:
+                return error_response(status, limit_code, f"{limit_message} ({message})", field)
     if exc.status_code == 400 and "parsing the body" in message:
         message = "the request body is not a valid multipart form; send files with -F name=@file"
-    return error_response(exc.status_code, code, message, None, exc.headers)
+    if exc.status_code == 404 and message == "Not Found":
+        message = "no endpoint at this path; the API is listed at /docs"
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": allowed}
+        message = f"{request.method} is not allowed here; allowed: {allowed}"
+    return error_response(exc.status_code, code, message, None, headers)
 
 
 async def _input_error(request: Request, exc: InputError) -> JSONResponse:

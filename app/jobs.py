@@ -1,15 +1,19 @@
 """Volume jobs: a bounded worker pool, progress, cancellation and results kept for a limited time.
 
-Jobs live in memory (a restart forgets them); results are files under ``ICSEG_DATA_DIR/jobs``, written
-atomically and removed when the job expires or is deleted.
+Jobs run in memory; their state is mirrored to ``ICSEG_DATA_DIR/jobs/<id>.json`` (written atomically at
+every change of status) next to their result files. A new process reads those files back: finished jobs
+and their results stay available until they expire, and a job that was queued or running when the
+previous process died is reported ``failed`` with code ``interrupted`` (never left "running" forever).
+One server per data directory, as for the disk prompt store.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import shutil
+import re
 import threading
 import time
 import uuid
@@ -25,6 +29,7 @@ from model.errors import IcsegError
 
 log = logging.getLogger(__name__)
 
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 JobWork = Callable[[Callable[[int, int], None]], tuple[bytes, str, str]]  # progress -> (bytes, media type, ext)
 
 
@@ -72,7 +77,6 @@ class JobManager:
 
     def __init__(self, data_dir: Path, workers: int, queue_size: int, result_ttl_s: int, metrics: Metrics):
         self.dir = Path(data_dir) / "jobs"
-        shutil.rmtree(self.dir, ignore_errors=True)  # results of a previous process are unreachable
         self.dir.mkdir(parents=True, exist_ok=True)
         self.workers = workers
         self.capacity = workers + queue_size
@@ -83,6 +87,70 @@ class JobManager:
         self._active = 0  # submitted and not yet returned (a cancelled job counts until its thread lets go)
         self._durations: deque[float] = deque(maxlen=20)
         self._lock = threading.Lock()
+        self._stopping = False
+        self._restore()
+        self._update_gauges()
+
+    # -- state on disk -----------------------------------------------------------------------------------
+
+    def _state_path(self, job_id: str) -> Path:
+        return self.dir / f"{job_id}.json"
+
+    def _save(self, job: Job) -> None:
+        """Mirror the job's state to disk (atomic rename); a deleted job is not written back."""
+        state = {**job.to_dict(), "result_file": job.result_path.name if job.result_path else None,
+                 "media_type": job.media_type, "extension": job.extension}
+        path = self._state_path(job.id)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        with self._lock:
+            if job.id not in self._jobs:
+                return
+            try:
+                tmp.write_text(json.dumps(state))
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                log.warning("could not record the state of a job on disk", exc_info=True)
+
+    def _forget_files(self, job: Job) -> None:
+        self._state_path(job.id).unlink(missing_ok=True)
+        if job.result_path is not None:
+            job.result_path.unlink(missing_ok=True)
+
+    def _restore(self) -> None:
+        """Read back the jobs of a previous process; unfinished ones become failed (interrupted)."""
+        now = time.time()
+        for path in self.dir.glob("*.json"):
+            try:
+                state = json.loads(path.read_text())
+                job = Job(id=state["id"], total=int(state["progress"]["total"]), status=state["status"],
+                          done=int(state["progress"]["done"]), created_at=state["created_at"],
+                          started_at=state["started_at"], finished_at=state["finished_at"],
+                          expires_at=state["expires_at"], error=state["error"],
+                          result_path=self.dir / state["result_file"] if state.get("result_file") else None,
+                          media_type=state.get("media_type"), extension=state.get("extension"))
+                if not JOB_ID.fullmatch(job.id) or path.stem != job.id:
+                    raise ValueError("file name and id differ")
+            except (OSError, ValueError, KeyError, TypeError):
+                log.warning("unreadable job state %s removed", path.name)
+                path.unlink(missing_ok=True)
+                continue
+            if job.expires_at is not None and now >= job.expires_at:
+                self._forget_files(job)
+                continue
+            if not job.finished or (job.status == "done" and not (job.result_path and job.result_path.exists())):
+                was = job.status if not job.finished else "done but its result is lost"
+                job.status, job.finished_at, job.expires_at = "failed", now, now + self.result_ttl_s
+                job.error = {"code": "interrupted", "message": f"the server stopped while this job was {was}; "
+                             "submit it again", "field": None}
+                job.result_path = None
+                log.warning("a job that was %s when the server stopped is reported failed", was)
+            self._jobs[job.id] = job
+            self._save(job)
+        known = {job.result_path.name for job in self._jobs.values() if job.result_path is not None}
+        for path in self.dir.iterdir():  # results without a job, temporary files of a crash
+            if path.suffix != ".json" and path.name not in known:
+                path.unlink(missing_ok=True)
 
     def retry_after(self) -> int:
         """Seconds until a slot is likely free: mean job time x jobs ahead / workers."""
@@ -106,6 +174,7 @@ class JobManager:
             job = Job(id=uuid.uuid4().hex, total=total)
             self._jobs[job.id] = job
             self._active += 1
+        self._save(job)
         job.future = self._executor.submit(self._run, job, work)
         self._update_gauges()
         return job
@@ -115,6 +184,7 @@ class JobManager:
             if job.cancel_event.is_set():
                 raise JobCancelled
             job.status, job.started_at = "running", time.time()
+            self._save(job)
             self._update_gauges()
 
             def progress(done: int, total: int) -> None:
@@ -133,7 +203,12 @@ class JobManager:
             job.done = job.total
             job.status = "done"
         except JobCancelled:
-            job.status = "cancelled"
+            if self._stopping:  # the server is shutting down: the user did not cancel it
+                job.status = "failed"
+                job.error = {"code": "interrupted", "message": "the server stopped while this job was running; "
+                             "submit it again", "field": None}
+            else:
+                job.status = "cancelled"
         except IcsegError as exc:  # the user's input, found out while running
             job.status = "failed"
             job.error = {"code": exc.code, "message": exc.message, "field": exc.field}
@@ -153,8 +228,10 @@ class JobManager:
             with self._lock:
                 self._active -= 1
                 forgotten = job.id not in self._jobs
-            if forgotten and job.result_path is not None:  # deleted while it ran
-                job.result_path.unlink(missing_ok=True)
+            if forgotten:  # deleted while it ran
+                self._forget_files(job)
+            else:
+                self._save(job)
             self._update_gauges()
 
     def get(self, job_id: str) -> Job:
@@ -174,8 +251,7 @@ class JobManager:
             if job.future is not None and job.future.cancel():  # never started: its thread will not count down
                 self._active -= 1
                 job.status = "cancelled"
-        if job.result_path is not None:
-            job.result_path.unlink(missing_ok=True)
+            self._forget_files(job)
         self._update_gauges()
         return job
 
@@ -186,8 +262,7 @@ class JobManager:
             for job in expired:
                 self._jobs.pop(job.id, None)
         for job in expired:
-            if job.result_path is not None:
-                job.result_path.unlink(missing_ok=True)
+            self._forget_files(job)
         if expired:
             self._update_gauges()
         return len(expired)
@@ -199,6 +274,9 @@ class JobManager:
             self.metrics.jobs.labels(state).set(sum(j.status == state for j in jobs))
 
     def shutdown(self) -> None:
+        """Stop: running jobs end as failed (interrupted); queued ones stay queued on disk and the next
+        process reports them failed too."""
+        self._stopping = True
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:

@@ -37,6 +37,18 @@ def key_matches(token: str, keys: list[str]) -> bool:
     return ok
 
 
+async def _drain(receive: Receive, limit: int) -> None:
+    """Receive and drop a request body (at most ``limit`` bytes): the connection stays usable."""
+    received = 0
+    while received <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        received += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics):
         self.app = app
@@ -59,6 +71,14 @@ class RequestContext:
         if length and length.isdigit() and int(length) > self.settings.max_upload_bytes:
             return error_response(413, "too_large", f"the request body is {int(length):,} bytes, above the limit of "
                                   f"{self.settings.max_upload_bytes:,} (ICSEG_MAX_UPLOAD_MB)", None)
+        if scope["method"] == "POST" and path == "/segment":
+            # a full model queue is answered here, before the form is parsed: a fast 429, not a timeout
+            model = getattr(getattr(scope.get("app"), "state", None), "model", None)
+            try:
+                if model is not None:
+                    model.ensure_room()
+            except ApiError as busy:
+                return error_response(busy.status_code, busy.code, busy.message, busy.field, busy.headers)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -96,6 +116,8 @@ class RequestContext:
         try:
             rejection = self._reject(scope, headers)
             if rejection is not None:
+                if rejection.status_code == 429:  # read the upload away, so that the client reads the answer
+                    await _drain(receive, limit)
                 await rejection(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_with_limit, send_with_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.batcher import MicroBatcher
+from app.batcher import MicroBatcher, QueueFull
+from app.errors import ApiError
 from app.metrics import Metrics
 from app.settings import Settings
 from model.errors import InputError
@@ -42,8 +44,11 @@ class ModelService:
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icseg-model")
         self.batcher = MicroBatcher(
-            self._predict_many, self.executor, settings.batch_max_queries, settings.batch_wait_ms / 1000, metrics
+            self._predict_many, self.executor, settings.batch_max_queries, settings.batch_wait_ms / 1000, metrics,
+            max_pending=settings.queue_size,
         )
+        self._volumes_waiting = 0  # synchronous volumes queued on the model thread; they share the queue bound
+        self._lock = threading.Lock()
         self._info = self._build_info()
 
     @classmethod
@@ -99,6 +104,24 @@ class ModelService:
             "device": str(self.segmenter.device),
         }
 
+    # -- the queue ---------------------------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the model thread (2D queries and synchronous volumes)."""
+        return self.batcher.depth + self._volumes_waiting
+
+    def _busy(self) -> ApiError:
+        waiting = self.waiting
+        return ApiError(429, f"{waiting} requests are waiting for the model, the most this server queues "
+                        "(ICSEG_QUEUE_SIZE); retry after the time in Retry-After", code="busy",
+                        headers={"Retry-After": str(self.batcher.retry_after(waiting))})
+
+    def ensure_room(self) -> None:
+        """429 at once when the queue is full, before the upload is decoded (``predict`` checks again)."""
+        if self.waiting >= self.settings.queue_size:
+            raise self._busy()
+
     # -- inference ---------------------------------------------------------------------------------------
 
     def prepare_support(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> PreparedSupport:
@@ -109,12 +132,39 @@ class ModelService:
         return self.segmenter.predict_many(queries, support, ensemble=ensemble)
 
     async def predict(self, query: np.ndarray, support: PreparedSupport, ensemble: int = 1) -> np.ndarray:
-        """Micro-batched on the model thread: (K, H, W) float32 probabilities for one 2D query."""
-        return await self.batcher.submit(query, support, ensemble)
+        """Micro-batched on the model thread: (K, H, W) float32 probabilities for one 2D query.
+
+        Raises:
+            ApiError: 429 ``busy`` when ICSEG_QUEUE_SIZE requests already wait.
+        """
+        if self._volumes_waiting and self.waiting >= self.settings.queue_size:
+            raise self._busy()
+        try:
+            return await self.batcher.submit(query, support, ensemble)
+        except QueueFull:
+            raise self._busy() from None
 
     async def run_on_model_thread(self, fn: Callable, *args):
-        """Run blocking model work (a synchronous volume) serialised with the micro-batches."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Run blocking model work (a synchronous volume) serialised with the micro-batches (429 when full)."""
+        self.ensure_room()
+        with self._lock:
+            self._volumes_waiting += 1
+        counted = [True]
+
+        def stop_counting() -> None:  # exactly once: when it starts, or when it gives up while queued
+            with self._lock:
+                if counted[0]:
+                    counted[0] = False
+                    self._volumes_waiting -= 1
+
+        def run():
+            stop_counting()
+            return fn(*args)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, run)
+        finally:
+            stop_counting()
 
     def segment_volume(
         self,

@@ -115,6 +115,23 @@ def check_support_counts(n_images: int, n_masks: int, max_support: int) -> None:
                        code="too_many_support_items", field="support_images")
 
 
+def check_labels(masks: list[np.ndarray], max_labels: int) -> tuple[int, ...]:
+    """Blocking: the support set's label values, or 422 above ``max_labels``.
+
+    Every label is its own pass of the model and its own (K, H, W) probability map, so a mask of noise
+    (a 16-bit image sent as a mask holds thousands of values) would cost minutes and gigabytes.
+    """
+    labels: set[int] = set()
+    for i, mask in enumerate(masks):
+        labels.update(label_values(mask))
+        if len(labels) > max_labels:
+            raise ApiError(422, f"the support masks hold {len(labels):,} or more distinct labels, above the limit of "
+                           f"{max_labels} (ICSEG_MAX_LABELS); a mask is a label map (0 background, 1..K structures): "
+                           "check that no image was sent as a mask", code="too_many_labels",
+                           field=f"support_masks[{i}]")
+    return tuple(sorted(labels))
+
+
 def as_2d(data: ImageData, field: str) -> np.ndarray:
     """A 2D array from an image, or from a volume with a singleton axis (a NIfTI slice)."""
     array = data.array
@@ -152,9 +169,10 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
         query = decode_image(query_bytes, "query", settings)
         images = [decode_image(b, f"support_images[{i}]", settings) for i, b in enumerate(image_bytes)]
         masks = [decode_mask(b, f"support_masks[{i}]", settings) for i, b in enumerate(mask_bytes)]
-        return query, images, masks
+        labels = check_labels([m.array for m in masks], settings.max_labels)
+        return query, images, masks, labels
 
-    query, images, masks = await run_in_threadpool(decode_all)
+    query, images, masks, labels = await run_in_threadpool(decode_all)
     decode_ms = (time.perf_counter() - start) * 1000
     task = SegmentTask(query=query, labels=(), threshold=form.threshold, ensemble=form.ensemble, axis=form.axis,
                        decode_ms=decode_ms)
@@ -169,7 +187,7 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
     if query.kind == "volume" and all(volumes):
         task.support_volumes = [im.array for im in images]
         task.support_masks = [m.array for m in masks]
-        task.labels = tuple(sorted(set().union(*(label_values(m.array) for m in masks))))
+        task.labels = labels
         return task
     if query.kind == "volume" and any(volumes):
         raise ApiError(400, "mix of 3D and 2D support items: send only NIfTI volumes or only 2D images",

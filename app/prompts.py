@@ -32,6 +32,7 @@ from model.segmenter import PreparedSupport
 log = logging.getLogger(__name__)
 
 PROMPT_ID = re.compile(r"^[0-9a-f]{32}$")
+STORE_RETRY_AFTER_S = 5  # what a 503 asks clients to wait while Redis is away (redis-py reconnects by itself)
 ORPHAN_AGE_S = 3600  # a temporary or orphan file this old is the leftover of a crash, not a write in progress
 
 
@@ -268,7 +269,7 @@ class RedisPromptStore(PromptStore):
         except self._redis_error as exc:
             log.error("redis unavailable: %s", type(exc).__name__)
             raise ApiError(503, "the prompt store (Redis) is unavailable; try again shortly",
-                           code="store_unavailable") from exc
+                           code="store_unavailable", headers={"Retry-After": str(STORE_RETRY_AFTER_S)}) from exc
 
     def put(self, record: PromptRecord, blob: bytes) -> None:
         meta = record.to_json()

@@ -117,8 +117,9 @@ _ERRORS = {
     413: "request, image or volume too large",
     415: "unsupported file format",
     422: "missing or invalid field",
-    429: "job queue full (see Retry-After)",
-    503: "model not loaded or store unavailable",
+    429: "queue full: retry after the seconds in Retry-After",
+    503: "model not loaded or store unavailable (Retry-After when it is expected back)",
+    504: "the model did not answer within ICSEG_REQUEST_TIMEOUT_S",
 }
 
 

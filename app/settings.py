@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     docs: bool = Field(True, description="serve /docs and /openapi.json (they hold no data and need no key)")
     max_support: int = Field(64, ge=1, description="most support items per request or prompt (capped by the model's)")
+    max_labels: int = Field(
+        32, ge=1, description="most distinct labels in a support set (each label is one pass of the model)"
+    )
     max_upload_mb: float = Field(200.0, gt=0, description="largest request body in MB")
     max_pixels: int = Field(40_000_000, ge=1, description="most pixels in one 2D image (decompression bombs)")
     max_voxels: int = Field(150_000_000, ge=1, description="most voxels in one volume")
@@ -49,6 +52,9 @@ class Settings(BaseSettings):
         8_000_000, ge=0, description="largest volume /segment answers synchronously; larger ones go to /jobs"
     )
     request_timeout_s: float = Field(300.0, gt=0, description="longest a synchronous /segment waits for the model")
+    queue_size: int = Field(
+        32, ge=1, description="requests waiting for the model beyond the pass that runs; more get 429 at once"
+    )
     batch_max_queries: int = Field(16, ge=1, description="most queries against one prompt in one forward pass")
     batch_wait_ms: float = Field(
         0.0, ge=0, description="extra wait to gather a micro-batch; 0 batches what queued during the last pass"

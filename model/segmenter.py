@@ -202,7 +202,9 @@ class Segmenter:
             shapes.append(gray.shape)
             prepared.append(prepare_image(gray, self.size, "query", self.clip_percentiles))
         probs = self._run(torch.stack(prepared), [support] * len(prepared), ensemble, progress)  # (Q, K, N, N)
-        return [resize(p, s).clamp_(0, 1).numpy() for p, s in zip(probs, shapes)]
+        # clamp, not clamp_: at the network's own size resize returns the inference tensor itself, which
+        # cannot be changed in place outside inference mode
+        return [resize(p, s).clamp(0, 1).numpy() for p, s in zip(probs, shapes)]
 
     @torch.inference_mode()
     def _run(
@@ -314,7 +316,7 @@ class Segmenter:
             ]
             probs = self._run_per_label(q, supports, ensemble)  # (b, K, N, N)
             for j, i in enumerate(idx):
-                out_probs[:, i] = resize(probs[j], query.shape[1:]).clamp_(0, 1).numpy()
+                out_probs[:, i] = resize(probs[j], query.shape[1:]).clamp(0, 1).numpy()  # not in place: see above
             if progress is not None:
                 progress(idx[-1] + 1, depth)
         mask = merge_labels(out_probs, tuple(labels), threshold)

@@ -27,5 +27,5 @@ async def readyz(request: Request, prompts: PromptsDep) -> dict | JSONResponse:
     try:
         await run_in_threadpool(prompts.store.ping)
     except ApiError as exc:
-        return error_response(503, exc.code, exc.message, exc.field)
+        return error_response(503, exc.code, exc.message, exc.field, exc.headers)
     return {"status": "ready"}

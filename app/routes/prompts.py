@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import AUTH, MetricsDep, ModelDep, PromptsDep, SettingsDep
 from app.errors import ApiError
 from app.inputs import decode_image, decode_mask, read_upload
-from app.pipeline import as_2d, check_support_counts
+from app.pipeline import as_2d, check_labels, check_support_counts
 from app.prompts import PromptRecord
 from app.schemas import PromptInfo, PromptList, error_responses
 
@@ -36,7 +36,7 @@ def _label_names(raw: str | None, labels: tuple[int, ...]) -> dict[str, str]:
         return {}
     try:
         parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting like [[[[...]]]]
         raise ApiError(422, 'label_names must be a JSON object such as {"1": "liver", "2": "spleen"}',
                        code="invalid_request", field="label_names") from exc
     if not isinstance(parsed, dict):
@@ -81,6 +81,7 @@ async def create_prompt(
                   for i, b in enumerate(image_bytes)]
         masks = [as_2d(decode_mask(b, f"support_masks[{i}]", settings), f"support_masks[{i}]")
                  for i, b in enumerate(mask_bytes)]
+        check_labels(masks, settings.max_labels)
         return model.prepare_support(images, masks)
 
     support = await run_in_threadpool(prepare)
@@ -90,20 +91,21 @@ async def create_prompt(
     return JSONResponse(_info(record), status_code=201, headers={"Location": f"/prompts/{record.id}"})
 
 
-@router.get("", response_model=PromptList, responses=error_responses(401), summary="List stored prompts")
+@router.get("", response_model=PromptList, responses=error_responses(401, 503), summary="List stored prompts")
 async def list_prompts(prompts: PromptsDep) -> dict:
     records = await run_in_threadpool(prompts.list)
     return {"prompts": [_info(r) for r in records]}
 
 
-@router.get("/{prompt_id}", response_model=PromptInfo, responses=error_responses(401, 404),
+@router.get("/{prompt_id}", response_model=PromptInfo, responses=error_responses(401, 404, 503),
             summary="A prompt's metadata (never its pixels)")
 async def get_prompt(prompt_id: str, prompts: PromptsDep) -> dict:
     record = await run_in_threadpool(prompts.get, prompt_id)
     return _info(record)
 
 
-@router.delete("/{prompt_id}", status_code=204, responses=error_responses(401, 404), summary="Delete a prompt")
+@router.delete("/{prompt_id}", status_code=204, responses=error_responses(401, 404, 503),
+               summary="Delete a prompt")
 async def delete_prompt(prompt_id: str, prompts: PromptsDep) -> Response:
     await run_in_threadpool(prompts.delete, prompt_id)
     return Response(status_code=204)

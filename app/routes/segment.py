@@ -30,7 +30,7 @@ def wants_json(output: str | None, accept: str) -> bool:
         200: {"description": "the mask: PNG (TIFF for a TIFF query) for 2D queries, NIfTI (.nii.gz, same affine and "
               "header) for NIfTI volumes; JSON with `Accept: application/json` or output=json",
               "content": MASK_CONTENT},
-        **error_responses(400, 401, 404, 413, 415, 422, 503),
+        **error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504),
     },
     summary="Segment a query with a support set or a stored prompt",
 )
@@ -43,6 +43,7 @@ async def segment(
 ) -> Response:
     """Every label of the support set is segmented. Volumes up to ICSEG_SYNC_MAX_VOXELS are answered here;
     larger ones need POST /jobs."""
+    model.ensure_room()  # a full queue answers 429 before any decoding
     task = await build_task(form, model, prompts, settings)
     start = time.perf_counter()
     mask, probs = await run_model(task, model, settings)
