@@ -30,11 +30,12 @@ from app.segment_cli import (
     UsageError,
     _expand,
     _is_image_file,
-    _is_reportable,
     _message,
     _read_support,
     _stem,
     _volume_with_support,
+    run_reporting,
+    usage_error,
 )
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = _plan(args)
     except UsageError as exc:
-        print(f"icseg batch: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error("batch", exc)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read when Ray starts: nothing is reported anywhere
     try:
         import ray
@@ -119,16 +119,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"error: icseg batch needs Ray Data ({exc}): {INSTALL_HINT}", file=sys.stderr)
         return 1
-    try:
-        return _run(args, plan, ray)
-    except UsageError as exc:
-        print(f"icseg batch: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - the model's typed errors and OSErrors: their message is the report
-        if not _is_reportable(exc):
-            raise
-        print(f"error: {_message(exc)}", file=sys.stderr)
-        return 1
+    return run_reporting("batch", lambda: _run(args, plan, ray))
 
 
 # -- arguments -> files --------------------------------------------------------------------------------------
@@ -438,19 +429,12 @@ def segment_items(segmenter, support, items: list[Item], options) -> list[dict]:
 
 def _write_mask(mask, query, output: Path) -> Path:
     """The mask in the query's format and geometry, written atomically: a rerun never sees half a file."""
-    from data.io import encode_mask
+    from data.io import encode_mask, write_atomic
 
     payload, _, extension = encode_mask(mask, query)
     if not output.name.endswith(extension):  # the driver guessed from the leading bytes; the decoder decides
         output = output.with_name(_stem(output) + extension)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(payload)
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return output
+    return write_atomic(output, payload)
 
 
 # -- the report ----------------------------------------------------------------------------------------------

@@ -17,17 +17,23 @@ from app.settings import Settings
 # documents the bearer scheme in OpenAPI (the Authorize button of /docs); the check itself happens in
 # app.middleware before the body is read
 bearer_scheme = HTTPBearer(auto_error=False, description="one of ICSEG_API_KEYS, when keys are configured")
+MODEL_RETRY_AFTER_S = 5  # what a 503 model_not_ready asks clients to wait before asking again
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def model_not_ready(request: Request) -> ApiError:
+    """503 while no model is loaded; Retry-After, as for an unavailable prompt store, paces clients that poll."""
+    return ApiError(503, f"the model is not loaded: {request.app.state.model_error}", code="model_not_ready",
+                    field="weights", headers={"Retry-After": str(MODEL_RETRY_AFTER_S)})
+
+
 def get_model(request: Request) -> ModelService:
     model = request.app.state.model
     if model is None:
-        raise ApiError(503, f"the model is not loaded: {request.app.state.model_error}", code="model_not_ready",
-                       field="weights")
+        raise model_not_ready(request)
     return model
 
 

@@ -6,6 +6,8 @@ status: 415 for a format it does not know, 413 for a file over a size limit, 400
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import UploadFile
 
 from app.errors import ApiError
@@ -35,18 +37,17 @@ def _classify(exc: InputError, data: bytes) -> Exception | None:
 
 def decode_image(data: bytes, field: str, settings: Settings) -> ImageData:
     """Blocking: an image (H, W[, 3]) or a volume (X, Y, Z)."""
-    try:
-        return read_image(data, max_pixels=settings.max_pixels, max_voxels=settings.max_voxels, field=field)
-    except InputError as exc:
-        if (status_error := _classify(exc, data)) is None:
-            raise
-        raise status_error from exc
+    return _decode(read_image, data, field, settings)
 
 
 def decode_mask(data: bytes, field: str, settings: Settings) -> ImageData:
     """Blocking: a label map (H, W) or (X, Y, Z) of non-negative integers."""
+    return _decode(read_mask, data, field, settings)
+
+
+def _decode(reader: Callable[..., ImageData], data: bytes, field: str, settings: Settings) -> ImageData:
     try:
-        return read_mask(data, max_pixels=settings.max_pixels, max_voxels=settings.max_voxels, field=field)
+        return reader(data, max_pixels=settings.max_pixels, max_voxels=settings.max_voxels, field=field)
     except InputError as exc:
         if (status_error := _classify(exc, data)) is None:
             raise

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ class JobCancelled(Exception):
 class Job:
     id: str
     total: int
+    labels: list[int] | None = None  # the support set's label values (None: a job of an older server)
     status: str = "queued"  # queued | running | done | failed | cancelled
     done: int = 0
     created_at: float = field(default_factory=time.time)
@@ -63,6 +64,7 @@ class Job:
             "id": self.id,
             "status": self.status,
             "progress": {"done": self.done, "total": self.total},
+            "labels": self.labels,
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -124,9 +126,9 @@ class JobManager:
             try:
                 state = json.loads(path.read_text())
                 job = Job(id=state["id"], total=int(state["progress"]["total"]), status=state["status"],
-                          done=int(state["progress"]["done"]), created_at=state["created_at"],
-                          started_at=state["started_at"], finished_at=state["finished_at"],
-                          expires_at=state["expires_at"], error=state["error"],
+                          done=int(state["progress"]["done"]), labels=state.get("labels"),
+                          created_at=state["created_at"], started_at=state["started_at"],
+                          finished_at=state["finished_at"], expires_at=state["expires_at"], error=state["error"],
                           result_path=self.dir / state["result_file"] if state.get("result_file") else None,
                           media_type=state.get("media_type"), extension=state.get("extension"))
                 if not JOB_ID.fullmatch(job.id) or path.stem != job.id:
@@ -167,11 +169,12 @@ class JobManager:
         if self._active >= self.capacity:
             raise self._busy()
 
-    def submit(self, work: JobWork, total: int) -> Job:
+    def submit(self, work: JobWork, total: int, labels: Sequence[int] | None = None) -> Job:
+        """Queue ``work``; ``total`` progress steps; ``labels``: the label values the mask will hold."""
         with self._lock:
             if self._active >= self.capacity:
                 raise self._busy()
-            job = Job(id=uuid.uuid4().hex, total=total)
+            job = Job(id=uuid.uuid4().hex, total=total, labels=None if labels is None else [int(v) for v in labels])
             self._jobs[job.id] = job
             self._active += 1
         self._save(job)

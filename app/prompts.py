@@ -102,7 +102,8 @@ class PromptStore(ABC):
     def get_blob(self, prompt_id: str) -> bytes | None: ...
 
     @abstractmethod
-    def list(self) -> list[PromptRecord]: ...
+    def list(self) -> list[PromptRecord]:
+        """The prompts not expired, oldest first."""
 
     @abstractmethod
     def delete(self, prompt_id: str) -> bool: ...
@@ -117,6 +118,18 @@ class PromptStore(ABC):
 
     def close(self) -> None:
         return None
+
+    def _evict(self, keep: str) -> None:
+        """Delete the oldest prompts, never ``keep`` (the one just written), until the store fits its cap."""
+        records = self.list()
+        total = sum(r.bytes for r in records)
+        for record in records:
+            if total <= self.max_bytes:
+                break
+            if record.id != keep:
+                self.delete(record.id)
+                total -= record.bytes
+                log.info("prompt store over its size cap: evicted the oldest prompt")
 
 
 class DiskPromptStore(PromptStore):
@@ -226,16 +239,8 @@ class DiskPromptStore(PromptStore):
         return len(expired)
 
     def _evict(self, keep: str) -> None:
-        self.sweep()
-        records = sorted(self._all(), key=lambda r: r.created_at)
-        total = sum(r.bytes for r in records)
-        for record in records:
-            if total <= self.max_bytes:
-                break
-            if record.id != keep:
-                self.delete(record.id)
-                total -= record.bytes
-                log.info("prompt store over its size cap: evicted the oldest prompt")
+        self.sweep()  # expired files first: they hold disk space but are no longer listed
+        super()._evict(keep)
 
 
 class RedisPromptStore(PromptStore):
@@ -334,17 +339,6 @@ class RedisPromptStore(PromptStore):
         # Redis expires the keys itself; this only trims the index
         before = self._call(self.r.zcard, self._index)
         return before - len(self.list())
-
-    def _evict(self, keep: str) -> None:
-        records = self._live()  # oldest first (the index is sorted by creation time)
-        total = sum(r.bytes for r in records)
-        for record in records:
-            if total <= self.max_bytes:
-                break
-            if record.id != keep:
-                self.delete(record.id)
-                total -= record.bytes
-                log.info("prompt store over its size cap: evicted the oldest prompt")
 
     def ping(self) -> None:
         self._call(self.r.ping)

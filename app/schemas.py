@@ -70,6 +70,8 @@ class JobInfo(BaseModel):
     id: str
     status: Literal["queued", "running", "done", "failed", "cancelled"]
     progress: Progress
+    labels: list[int] | None = Field(None, description="label values of the support set (or prompt): those the "
+                                     "mask can hold; also the result's X-Labels header")
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

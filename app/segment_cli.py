@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +82,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = _plan(args)
     except UsageError as exc:
-        print(f"icseg segment: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error("segment", exc)
+    return run_reporting("segment", lambda: _run_remote(args, plan) if args.url else _run_local(args, plan))
+
+
+def usage_error(command: str, exc: UsageError) -> int:
+    print(f"icseg {command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_reporting(command: str, work: Callable[[], int]) -> int:
+    """``work()``'s exit status; a usage error gives 2, a typed error of the SDK or the model (or an OSError)
+    1, each with its message instead of a traceback."""
     try:
-        return _run_remote(args, plan) if args.url else _run_local(args, plan)
+        return work()
     except UsageError as exc:
-        print(f"icseg segment: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(command, exc)
     except Exception as exc:  # noqa: BLE001 - typed errors of the SDK and the model: their message is the report
         if not _is_reportable(exc):
             raise

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,17 +42,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_service import disk_pair, free_port  # noqa: E402
-
-from data.io import to_png_bytes  # noqa: E402
-from model.config import universeg_v1_config  # noqa: E402
-from model.network import build_network  # noqa: E402
-from model.weights import save_checkpoint  # noqa: E402
+from _common import ROOT, form_files, make_task, random_v1_weights, start_server  # noqa: E402
 
 DEFAULT_WEIGHTS = ROOT / "model" / "weights" / "icseg-default.safetensors"
 
@@ -94,31 +83,6 @@ class Level:
 
 
 # -- the server ---------------------------------------------------------------------------------------------
-
-
-def start_server(weights: Path | None, data_dir: Path, device: str, log_path: Path,
-                 **extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICSEG_")}
-    env.update(ICSEG_DATA_DIR=str(data_dir), ICSEG_DEVICE=device, **extra)
-    if weights is not None:
-        env["ICSEG_WEIGHTS"] = str(weights)
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--log-level", "WARNING", "serve", "--host",
-                             "127.0.0.1", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log_path.read_text()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError(log_path.read_text())
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -196,17 +160,6 @@ async def run_level(url: str, pid: int, body: bytes, headers: dict, clients: int
     return level
 
 
-def make_inputs(size: int, support: int) -> tuple[list, list]:
-    rng = np.random.default_rng(0)
-    query, _ = disk_pair(rng, size)
-    support_files = []
-    for _ in range(support):
-        image, mask = disk_pair(rng, size)
-        support_files += [("support_images", ("i.png", to_png_bytes(image))),
-                          ("support_masks", ("m.png", to_png_bytes(mask)))]
-    return [("query", ("q.png", to_png_bytes(query)))], support_files
-
-
 def server_busy_times(url: str) -> dict[float, float]:
     """The server's own latency histogram of the requests its middleware answered (here: the 429s)."""
     text = httpx.get(url + "/metrics", timeout=30).text
@@ -259,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    query, support = make_inputs(args.image_size, args.support)
+    query, support = form_files(*make_task(args.image_size, args.support))
     extra = {}
     if args.torch_threads:
         extra["ICSEG_TORCH_THREADS"] = str(args.torch_threads)
@@ -269,10 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if DEFAULT_WEIGHTS.exists():
             weights, described = None, f"the default model ({DEFAULT_WEIGHTS.name})"
         else:
-            torch.manual_seed(0)
-            weights = tmp / "v1-random.safetensors"
-            save_checkpoint(build_network(universeg_v1_config()), weights,
-                            metadata={"source": "seeded random weights (benchmark only)", "licence": "none"})
+            weights = random_v1_weights(tmp / "v1-random.safetensors")
             described = "UniverSeg v1 shape (nf 64, 128 x 128) with SEEDED RANDOM weights: speed figures only"
 
         runs = [(args.queue_size, args.clients, False)]
@@ -283,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             env = dict(extra)
             if queue_size is not None:
                 env["ICSEG_QUEUE_SIZE"] = str(queue_size)
-            proc, url = start_server(weights, tmp / "data", args.device, tmp / "server.log", **env)
+            proc, url = start_server(weights, tmp / "data", args.device, tmp / "server.log", timeout=180, **env)
             try:
                 with httpx.Client(base_url=url, timeout=600) as http:
                     limit = http.get("/info").json()

@@ -26,9 +26,7 @@ import argparse
 import os
 import platform
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,54 +36,11 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP; see the docstring
 
 import httpx  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import form_files, make_task, random_v1_weights, start_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from data.io import to_png_bytes  # noqa: E402
-from model.config import universeg_v1_config  # noqa: E402
-from model.network import build_network  # noqa: E402
 from model.segmenter import Segmenter  # noqa: E402
-from model.weights import load_model, save_checkpoint  # noqa: E402
-
-
-def disk_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[:size, :size]
-    cy, cx, r = rng.uniform(0.3, 0.7) * size, rng.uniform(0.3, 0.7) * size, rng.uniform(0.1, 0.2) * size
-    disk = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-    image = rng.normal(80, 20, (size, size))
-    image[disk] += 100
-    return image.clip(0, 255).astype(np.uint8), disk.astype(np.uint8)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(weights: Path, data_dir: Path, device: str, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ICSEG_")}
-    env.update(ICSEG_WEIGHTS=str(weights), ICSEG_DATA_DIR=str(data_dir), ICSEG_DEVICE=device)
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--log-level", "WARNING", "serve", "--host",
-                             "127.0.0.1", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log_path.read_text()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError(log_path.read_text())
+from model.weights import load_model  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -140,22 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-client", type=int, default=2, help="requests per client in the throughput runs")
     args = parser.parse_args(argv)
 
-    rng = np.random.default_rng(0)
-    query, _ = disk_pair(rng, args.image_size)
-    pairs = [disk_pair(rng, args.image_size) for _ in range(args.support)]
-    query_png = to_png_bytes(query)
-    support = []
-    for image, mask in pairs:
-        support += [("support_images", ("i.png", to_png_bytes(image))),
-                    ("support_masks", ("m.png", to_png_bytes(mask)))]
-    query_file = [("query", ("q.png", query_png))]
+    query, pairs = make_task(args.image_size, args.support)
+    query_file, support = form_files(query, pairs)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torch.manual_seed(0)
-        weights = tmp / "v1-random.safetensors"
-        save_checkpoint(build_network(universeg_v1_config()), weights,
-                        metadata={"source": "seeded random weights (benchmark only)", "licence": "none"})
+        weights = random_v1_weights(tmp / "v1-random.safetensors")
         segmenter = Segmenter(load_model(weights, device=args.device))
         images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
         prepared = segmenter.prepare_support(images, masks)

@@ -14,7 +14,9 @@ import gzip
 import io
 import logging
 import os
+import re
 import struct
+import uuid
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -75,6 +77,17 @@ class ImageData:
     def shape(self) -> tuple[int, ...]:
         """The spatial shape: (H, W) for images, (X, Y, Z) for volumes."""
         return tuple(self.array.shape[:2]) if self.kind == "image" else tuple(self.array.shape)
+
+
+_OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")  # <_io.BytesIO object at 0x7f...>
+_QUOTED_PATH = re.compile(r"\s*(['\"])(?:/|[A-Za-z]:\\|~)[^'\"]*\1")  # '/tmp/scan.png', "C:\\data\\x.dcm"
+
+
+def _reason(exc: BaseException) -> str:
+    """A decoder's own message for an error shown to users: without object reprs (Pillow names the file
+    object it read from) and without file paths, which say nothing to a user and may name a patient."""
+    text = _QUOTED_PATH.sub("", _OBJECT_REPR.sub("", str(exc))).strip(" :")
+    return text or type(exc).__name__
 
 
 def _coded(code: str, message: str, field: str) -> InputError:
@@ -221,10 +234,12 @@ def _decode_pillow(data: bytes, fmt: str, max_pixels: int | None, field: str, as
             log.debug("%s: Pillow warned while opening: %s", field, w.message)
     except Image.DecompressionBombError as exc:
         raise _coded(
-            "too_large", f"{field}: the {name} declares too many pixels ({exc}); send a smaller image", field
+            "too_large", f"{field}: the {name} declares too many pixels ({_reason(exc)}); send a smaller image",
+            field,
         ) from exc
     except Exception as exc:  # Pillow raises many types for damaged headers
-        raise InputError(f"{field}: cannot read this {name} ({exc}); the file may be damaged", field=field) from exc
+        raise InputError(f"{field}: cannot read this {name} ({_reason(exc)}); the file may be damaged",
+                         field=field) from exc
     with im:
         width, height = im.size
         if width < 1 or height < 1:
@@ -259,8 +274,8 @@ def _decode_pillow(data: bytes, fmt: str, max_pixels: int | None, field: str, as
             raise
         except Exception as exc:  # truncated data, unsupported compression or bit depth
             raise InputError(
-                f"{field}: cannot decode this {name} ({exc}); the file may be truncated or use an unsupported "
-                "encoding (send 8-bit or 16-bit grayscale, or 8-bit RGB)",
+                f"{field}: cannot decode this {name} ({_reason(exc)}); the file may be truncated or use an "
+                "unsupported encoding (send 8-bit or 16-bit grayscale, or 8-bit RGB)",
                 field=field,
             ) from exc
     meta["dtype"] = str(array.dtype)
@@ -294,7 +309,8 @@ def _decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str
     try:
         head = stream.read(540)
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{field}: damaged gzip data ({exc}); send an intact .nii.gz", field=field) from exc
+        raise InputError(f"{field}: damaged gzip data ({_reason(exc)}); send an intact .nii.gz",
+                         field=field) from exc
     version = _nifti_version(head)
     if not version:
         what = "a gzip file that does not hold a NIfTI volume" if gzipped else "not a NIfTI file"
@@ -313,7 +329,7 @@ def _decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str
             header.set_data_offset(int(header.single_vox_offset))
         offset = int(header.get_data_offset())
     except Exception as exc:
-        raise InputError(f"{field}: invalid NIfTI header ({exc})", field=field) from exc
+        raise InputError(f"{field}: invalid NIfTI header ({_reason(exc)})", field=field) from exc
     if dtype.fields is not None or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise InputError(f"{field}: NIfTI voxel type {dtype} is not supported; store real scalar voxels", field=field)
     shape = _volume_shape(shape, field)
@@ -332,7 +348,8 @@ def _decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str
             raw = head + stream.read(max(0, needed - len(head)))
         except (OSError, EOFError, zlib.error) as exc:
             raise InputError(
-                f"{field}: damaged or truncated gzip data ({exc}); send an intact .nii.gz", field=field
+                f"{field}: damaged or truncated gzip data ({_reason(exc)}); send an intact .nii.gz",
+                field=field,
             ) from exc
     else:
         raw = data
@@ -347,7 +364,7 @@ def _decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str
         img = klass.from_bytes(raw if len(raw) == needed else raw[:needed])
         array = np.asanyarray(img.dataobj)
     except Exception as exc:
-        raise InputError(f"{field}: cannot read this NIfTI ({exc})", field=field) from exc
+        raise InputError(f"{field}: cannot read this NIfTI ({_reason(exc)})", field=field) from exc
     array = array.reshape(shape)
     if array.dtype.byteorder not in ("=", "|"):
         array = array.astype(array.dtype.newbyteorder("="))
@@ -387,7 +404,8 @@ def _decode_dicom(data: bytes, max_pixels: int | None, field: str) -> ImageData:
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         has_pixels = "PixelData" in ds
     except Exception as exc:
-        raise InputError(f"{field}: cannot read this DICOM ({exc}); the file may be damaged", field=field) from exc
+        raise InputError(f"{field}: cannot read this DICOM ({_reason(exc)}); the file may be damaged",
+                         field=field) from exc
     if not has_pixels:
         raise InputError(f"{field}: the DICOM holds no pixel data; send an image instance", field=field)
     if frames > 1:
@@ -404,8 +422,8 @@ def _decode_dicom(data: bytes, max_pixels: int | None, field: str) -> ImageData:
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         raise InputError(
-            f"{field}: cannot decode the DICOM pixels ({exc}); transfer syntax {getattr(syntax, 'name', syntax)}. "
-            "Send an uncompressed DICOM (e.g. `gdcmconv --raw`)",
+            f"{field}: cannot decode the DICOM pixels ({_reason(exc)}); transfer syntax "
+            f"{getattr(syntax, 'name', syntax)}. Send an uncompressed DICOM (e.g. `gdcmconv --raw`)",
             field=field,
         ) from exc
     meta = {k: _plain(getattr(ds, k)) for k in _DICOM_META if k in ds}
@@ -568,12 +586,14 @@ def write_mask(mask: np.ndarray, like: ImageData, path: str | os.PathLike) -> Pa
         The path written (unchanged: pick the extension from ``encode_mask`` if it matters).
     """
     payload, _, _ = encode_mask(mask, like)
-    return _write_atomic(Path(path), payload)
+    return write_atomic(Path(path), payload)
 
 
-def _write_atomic(path: Path, payload: bytes) -> Path:
+def write_atomic(path: Path, payload: bytes) -> Path:
+    """Write ``payload`` to ``path`` (parents created) through a temporary file and a rename: a reader, or a
+    rerun after a crash, never sees half a file. Safe for several threads and processes writing at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         tmp.write_bytes(payload)
         os.replace(tmp, path)
@@ -618,7 +638,7 @@ def save_image(array: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray
             buf = io.BytesIO()
             im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
             payload = buf.getvalue()
-    return _write_atomic(path, payload)
+    return write_atomic(path, payload)
 
 
 def _dicom_bytes(array: np.ndarray) -> bytes:

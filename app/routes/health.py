@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import PromptsDep
+from app.deps import PromptsDep, model_not_ready
 from app.errors import ApiError, error_response
 from app.schemas import Health, error_responses
 
@@ -21,10 +21,9 @@ async def healthz() -> dict:
 @router.get("/readyz", response_model=Health, responses=error_responses(503),
             summary="The model is loaded and the prompt store answers")
 async def readyz(request: Request, prompts: PromptsDep) -> dict | JSONResponse:
-    if request.app.state.model is None:
-        return error_response(503, "model_not_ready", f"the model is not loaded: {request.app.state.model_error}",
-                              "weights")
     try:
+        if request.app.state.model is None:
+            raise model_not_ready(request)
         await run_in_threadpool(prompts.store.ping)
     except ApiError as exc:
         return error_response(503, exc.code, exc.message, exc.field, exc.headers)

@@ -36,7 +36,7 @@ async def create_job(
     def work(progress):
         return encode(task, run_blocking(task, model, progress))
 
-    job = jobs.submit(work, total=task.total_steps)
+    job = jobs.submit(work, total=task.total_steps, labels=task.labels)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
 
@@ -46,7 +46,8 @@ async def get_job(job_id: str, jobs: JobsDep) -> dict:
 
 
 @router.get("/{job_id}/result", response_class=Response,
-            responses={200: {"description": "the mask in the query's format", "content": MASK_CONTENT},
+            responses={200: {"description": "the mask in the query's format; header X-Labels: its label values, "
+                             "e.g. 1,2", "content": MASK_CONTENT},
                        409: {"description": "the job is not done (or failed, or was cancelled)"},
                        **error_responses(401, 404)},
             summary="The mask of a finished job")
@@ -60,8 +61,10 @@ async def job_result(job_id: str, jobs: JobsDep) -> Response:
         payload = job.result_path.read_bytes()
     except FileNotFoundError as exc:  # expired between get and read
         raise ApiError(404, f"the result of job {job_id} has expired", code="job_not_found") from exc
-    return Response(payload, media_type=job.media_type,
-                    headers={"Content-Disposition": f'attachment; filename="mask{job.extension}"'})
+    headers = {"Content-Disposition": f'attachment; filename="mask{job.extension}"'}
+    if job.labels is not None:  # as /segment's binary answer: the label values the mask can hold
+        headers["X-Labels"] = ",".join(map(str, job.labels))
+    return Response(payload, media_type=job.media_type, headers=headers)
 
 
 @router.delete("/{job_id}", status_code=204, responses=error_responses(401, 404),

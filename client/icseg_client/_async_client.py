@@ -15,10 +15,10 @@ from ._base import (
     RequestSpec,
     job_error,
     log,
+    object_id,
     poll_delay,
 )
-from ._client import _id
-from ._errors import APITimeoutError, IcsegError, status_error
+from ._errors import APITimeoutError, IcsegError
 from ._inputs import ImageInput
 from ._types import Job, Prompt, SegmentResult
 
@@ -37,6 +37,9 @@ class AsyncClient(BaseClient):
         ...     results = await asyncio.gather(*(client.segment(q, prompt=p) for q in queries))
     """
 
+    _http_class = httpx.AsyncClient
+    _http: httpx.AsyncClient
+
     def __init__(
         self,
         base_url: str | None = None,
@@ -46,13 +49,7 @@ class AsyncClient(BaseClient):
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: httpx.AsyncClient | None = None,
     ):
-        if base_url is None and http_client is not None and str(http_client.base_url):
-            base_url = str(http_client.base_url)
-        super().__init__(base_url, api_key, timeout, max_retries)
-        if timeout is None and http_client is not None:
-            self._request_timeout = httpx.USE_CLIENT_DEFAULT  # the timeout configured on your http_client
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=self.timeout)
+        super().__init__(base_url, api_key, timeout, max_retries, http_client)
 
     async def close(self) -> None:
         if self._owns_http:
@@ -67,22 +64,15 @@ class AsyncClient(BaseClient):
     async def _request(self, spec: RequestSpec) -> httpx.Response:
         attempt = 0
         while True:
-            request = self._http.build_request(spec.method, self._url(spec.path), files=spec.files, data=spec.data,
-                                               headers=self._headers(spec.headers), timeout=self._request_timeout)
+            request = self._build_request(spec)
             try:
                 response = await self._http.send(request)
             except httpx.TransportError as exc:
-                wait = self._retry_wait(attempt, None) if self._retryable_exception(exc, spec) else None
-                if wait is None:
-                    raise self._wrap_exception(exc, request) from exc
-                log.info("%s %s: %s; retrying in %.1f s", spec.method, spec.path, type(exc).__name__, wait)
+                wait = self._retry_or_raise(spec, attempt, request, exc=exc)
             else:
                 if response.status_code < 400:
                     return response
-                wait = self._retry_wait(attempt, response)
-                if wait is None:
-                    raise status_error(response)
-                log.info("%s %s: %d; retrying in %.1f s", spec.method, spec.path, response.status_code, wait)
+                wait = self._retry_or_raise(spec, attempt, request, response=response)
             await _retry_sleep(wait)
             attempt += 1
 
@@ -123,16 +113,16 @@ class AsyncClient(BaseClient):
         return Job.from_json((await self._request(spec)).json())
 
     async def get_job(self, job: Job | str) -> Job:
-        return Job.from_json((await self._request(RequestSpec("GET", f"/jobs/{_id(job)}"))).json())
+        return Job.from_json((await self._request(RequestSpec("GET", f"/jobs/{object_id(job)}"))).json())
 
     async def job_result(self, job: Job | str) -> SegmentResult:
         job = job if isinstance(job, Job) else await self.get_job(job)
         start = self._timer()
         response = await self._request(RequestSpec("GET", f"/jobs/{job.id}/result"))
-        return self._job_result(response, job, None, None, None, (self._timer() - start) * 1000)
+        return self._job_result(response, job, None, None, (self._timer() - start) * 1000)
 
     async def cancel_job(self, job: Job | str) -> None:
-        await self._request(RequestSpec("DELETE", f"/jobs/{_id(job)}"))
+        await self._request(RequestSpec("DELETE", f"/jobs/{object_id(job)}"))
 
     async def segment_volume(
         self,
@@ -172,10 +162,8 @@ class AsyncClient(BaseClient):
         if job.status != "done":
             raise job_error(job)
         response = await self._request(RequestSpec("GET", f"/jobs/{job.id}/result"))
-        labels = prompt.labels if isinstance(prompt, Prompt) else None
-        names = prompt.label_names if isinstance(prompt, Prompt) else None
         result = await anyio.to_thread.run_sync(
-            self._job_result, response, job, query_upload, labels, names, (self._timer() - start) * 1000)
+            self._job_result, response, job, query_upload, prompt, (self._timer() - start) * 1000)
         await self._cancel_quietly(job.id)
         return result
 
@@ -198,14 +186,14 @@ class AsyncClient(BaseClient):
         return Prompt.from_json((await self._request(spec)).json())
 
     async def get_prompt(self, prompt: Prompt | str) -> Prompt:
-        return Prompt.from_json((await self._request(RequestSpec("GET", f"/prompts/{_id(prompt)}"))).json())
+        return Prompt.from_json((await self._request(RequestSpec("GET", f"/prompts/{object_id(prompt)}"))).json())
 
     async def list_prompts(self) -> list[Prompt]:
         body = (await self._request(RequestSpec("GET", "/prompts"))).json()
         return [Prompt.from_json(p) for p in body.get("prompts", [])]
 
     async def delete_prompt(self, prompt: Prompt | str) -> None:
-        await self._request(RequestSpec("DELETE", f"/prompts/{_id(prompt)}"))
+        await self._request(RequestSpec("DELETE", f"/prompts/{object_id(prompt)}"))
 
     async def info(self) -> dict:
         return (await self._request(RequestSpec("GET", "/info"))).json()

@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from ._errors import (
     InvalidInputError,
     JobFailedError,
     parse_retry_after,
+    status_error,
 )
 from ._inputs import Upload, decode_2d, to_upload, to_uploads
 from ._types import Job, Prompt, SegmentResult
@@ -63,7 +63,9 @@ class RequestSpec:
 
 
 class BaseClient:
-    """Settings and policies; subclasses add the transport (``httpx.Client`` or ``httpx.AsyncClient``)."""
+    """Settings, policies and the transport; subclasses send through it (``httpx.Client`` or ``httpx.AsyncClient``)."""
+
+    _http_class: type[httpx.Client] | type[httpx.AsyncClient]  # what a client without ``http_client`` opens
 
     def __init__(
         self,
@@ -71,7 +73,10 @@ class BaseClient:
         api_key: str | None,
         timeout: float | httpx.Timeout | None,
         max_retries: int,
+        http_client: httpx.Client | httpx.AsyncClient | None,
     ):
+        if base_url is None and http_client is not None and str(http_client.base_url):
+            base_url = str(http_client.base_url)
         base_url = base_url or os.environ.get("ICSEG_URL") or DEFAULT_URL
         if "://" not in base_url:
             base_url = "http://" + base_url
@@ -83,6 +88,10 @@ class BaseClient:
         if max_retries < 0:
             raise ValueError("max_retries must be 0 or more")
         self.max_retries = max_retries
+        if timeout is None and http_client is not None:
+            self._request_timeout = httpx.USE_CLIENT_DEFAULT  # the timeout configured on your http_client
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else self._http_class(timeout=self.timeout)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r}, api_key={'***' if self.api_key else None})"
@@ -95,6 +104,10 @@ class BaseClient:
 
     def _url(self, path: str) -> str:
         return self.base_url + path
+
+    def _build_request(self, spec: RequestSpec) -> httpx.Request:
+        return self._http.build_request(spec.method, self._url(spec.path), files=spec.files, data=spec.data,
+                                        headers=self._headers(spec.headers), timeout=self._request_timeout)
 
     # -- retry policy ------------------------------------------------------------------------------------
 
@@ -118,6 +131,22 @@ class BaseClient:
         if isinstance(exc, httpx.TimeoutException):
             return False
         return spec.idempotent
+
+    def _retry_or_raise(self, spec: RequestSpec, attempt: int, request: httpx.Request, *,
+                        exc: httpx.TransportError | None = None, response: httpx.Response | None = None) -> float:
+        """Seconds to wait before sending ``spec`` again after ``exc`` or an error ``response``; raises the
+        error for the caller instead when the policy says not to retry."""
+        if exc is not None:
+            wait = self._retry_wait(attempt, None) if self._retryable_exception(exc, spec) else None
+            if wait is None:
+                raise self._wrap_exception(exc, request) from exc
+            log.info("%s %s: %s; retrying in %.1f s", spec.method, spec.path, type(exc).__name__, wait)
+            return wait
+        wait = self._retry_wait(attempt, response)
+        if wait is None:
+            raise status_error(response)
+        log.info("%s %s: %d; retrying in %.1f s", spec.method, spec.path, response.status_code, wait)
+        return wait
 
     @staticmethod
     def _wrap_exception(exc: httpx.TransportError, request: httpx.Request | None) -> APIConnectionError:
@@ -205,8 +234,10 @@ class BaseClient:
         )
 
     @staticmethod
-    def _job_result(response: httpx.Response, job: Job, query: Upload | None, labels: Sequence[int] | None,
-                    label_names: dict[int, str] | None, round_trip_ms: float) -> SegmentResult:
+    def _job_result(response: httpx.Response, job: Job, query: Upload | None, prompt: Prompt | str | None,
+                    round_trip_ms: float) -> SegmentResult:
+        labels = job.labels if job.labels is not None else (prompt.labels if isinstance(prompt, Prompt) else None)
+        label_names = prompt.label_names if isinstance(prompt, Prompt) else None
         timings = {"round_trip": round(round_trip_ms, 2)}
         if job.started_at and job.created_at:
             timings["queued"] = round((job.started_at - job.created_at) * 1000, 2)
@@ -223,7 +254,7 @@ class BaseClient:
             result.labels = [int(v) for v in header.split(",") if v]
         elif labels is not None:
             result.labels = [int(v) for v in labels]
-        else:  # the job API does not say which labels were segmented: those present in the mask
+        else:  # a server that does not say which labels were segmented: those present in the mask
             result.labels = [int(v) for v in np.unique(result.mask) if v != 0]
         return result
 
@@ -265,3 +296,7 @@ def job_error(job: Job) -> JobFailedError:
 def poll_delay(polls: int, poll_interval: float) -> float:
     """Short waits first (small volumes finish in a second), then every ``poll_interval``."""
     return min(poll_interval, 0.05 * 2**polls)
+
+
+def object_id(obj: Job | Prompt | str) -> str:
+    return obj if isinstance(obj, str) else obj.id

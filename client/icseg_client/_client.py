@@ -14,9 +14,10 @@ from ._base import (
     RequestSpec,
     job_error,
     log,
+    object_id,
     poll_delay,
 )
-from ._errors import APITimeoutError, IcsegError, status_error
+from ._errors import APITimeoutError, IcsegError
 from ._inputs import ImageInput
 from ._types import Job, Prompt, SegmentResult
 
@@ -40,6 +41,9 @@ class Client(BaseClient):
         ...     result = client.segment("query.png", ["a.png", "b.png"], ["a_mask.png", "b_mask.png"])
     """
 
+    _http_class = httpx.Client
+    _http: httpx.Client
+
     def __init__(
         self,
         base_url: str | None = None,
@@ -49,13 +53,7 @@ class Client(BaseClient):
         max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: httpx.Client | None = None,
     ):
-        if base_url is None and http_client is not None and str(http_client.base_url):
-            base_url = str(http_client.base_url)
-        super().__init__(base_url, api_key, timeout, max_retries)
-        if timeout is None and http_client is not None:
-            self._request_timeout = httpx.USE_CLIENT_DEFAULT  # the timeout configured on your http_client
-        self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.Client(timeout=self.timeout)
+        super().__init__(base_url, api_key, timeout, max_retries, http_client)
 
     def close(self) -> None:
         """Close the connections (not those of an ``http_client`` you passed)."""
@@ -73,22 +71,15 @@ class Client(BaseClient):
     def _request(self, spec: RequestSpec) -> httpx.Response:
         attempt = 0
         while True:
-            request = self._http.build_request(spec.method, self._url(spec.path), files=spec.files, data=spec.data,
-                                               headers=self._headers(spec.headers), timeout=self._request_timeout)
+            request = self._build_request(spec)
             try:
                 response = self._http.send(request)
             except httpx.TransportError as exc:
-                wait = self._retry_wait(attempt, None) if self._retryable_exception(exc, spec) else None
-                if wait is None:
-                    raise self._wrap_exception(exc, request) from exc
-                log.info("%s %s: %s; retrying in %.1f s", spec.method, spec.path, type(exc).__name__, wait)
+                wait = self._retry_or_raise(spec, attempt, request, exc=exc)
             else:
                 if response.status_code < 400:
                     return response
-                wait = self._retry_wait(attempt, response)
-                if wait is None:
-                    raise status_error(response)
-                log.info("%s %s: %d; retrying in %.1f s", spec.method, spec.path, response.status_code, wait)
+                wait = self._retry_or_raise(spec, attempt, request, response=response)
             _retry_sleep(wait)
             attempt += 1
 
@@ -152,18 +143,18 @@ class Client(BaseClient):
 
     def get_job(self, job: Job | str) -> Job:
         """A job's status and progress (slices done / total)."""
-        return Job.from_json(self._request(RequestSpec("GET", f"/jobs/{_id(job)}")).json())
+        return Job.from_json(self._request(RequestSpec("GET", f"/jobs/{object_id(job)}")).json())
 
     def job_result(self, job: Job | str) -> SegmentResult:
         """The mask of a finished job (``ConflictError`` while it runs)."""
         job = job if isinstance(job, Job) else self.get_job(job)
         start = self._timer()
         response = self._request(RequestSpec("GET", f"/jobs/{job.id}/result"))
-        return self._job_result(response, job, None, None, None, (self._timer() - start) * 1000)
+        return self._job_result(response, job, None, None, (self._timer() - start) * 1000)
 
     def cancel_job(self, job: Job | str) -> None:
         """Cancel a queued or running job, or forget a finished one and its result."""
-        self._request(RequestSpec("DELETE", f"/jobs/{_id(job)}"))
+        self._request(RequestSpec("DELETE", f"/jobs/{object_id(job)}"))
 
     def segment_volume(
         self,
@@ -219,9 +210,7 @@ class Client(BaseClient):
         if job.status != "done":
             raise job_error(job)
         response = self._request(RequestSpec("GET", f"/jobs/{job.id}/result"))
-        labels = prompt.labels if isinstance(prompt, Prompt) else None
-        names = prompt.label_names if isinstance(prompt, Prompt) else None
-        result = self._job_result(response, job, query_upload, labels, names, (self._timer() - start) * 1000)
+        result = self._job_result(response, job, query_upload, prompt, (self._timer() - start) * 1000)
         self._cancel_quietly(job.id)  # the result is here: free the server's copy now, not after its TTL
         return result
 
@@ -256,14 +245,14 @@ class Client(BaseClient):
         return Prompt.from_json(self._request(spec).json())
 
     def get_prompt(self, prompt: Prompt | str) -> Prompt:
-        return Prompt.from_json(self._request(RequestSpec("GET", f"/prompts/{_id(prompt)}")).json())
+        return Prompt.from_json(self._request(RequestSpec("GET", f"/prompts/{object_id(prompt)}")).json())
 
     def list_prompts(self) -> list[Prompt]:
         body = self._request(RequestSpec("GET", "/prompts")).json()
         return [Prompt.from_json(p) for p in body.get("prompts", [])]
 
     def delete_prompt(self, prompt: Prompt | str) -> None:
-        self._request(RequestSpec("DELETE", f"/prompts/{_id(prompt)}"))
+        self._request(RequestSpec("DELETE", f"/prompts/{object_id(prompt)}"))
 
     # -- operations --------------------------------------------------------------------------------------
 
@@ -278,7 +267,3 @@ class Client(BaseClient):
         except httpx.TransportError as exc:
             raise self._wrap_exception(exc, None) from exc
         return response.status_code == 200
-
-
-def _id(obj: Job | Prompt | str) -> str:
-    return obj if isinstance(obj, str) else obj.id

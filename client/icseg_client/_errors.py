@@ -160,7 +160,10 @@ class UnsupportedMediaTypeError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429: the service is busy (the job queue is full).
+    """429 ``busy``: the service is busy. Either the model's queue for ``segment`` is full (``ICSEG_QUEUE_SIZE``
+    requests already wait) or the job queue is (``create_job``, ``segment_volume``); the service says so at
+    once, before it decodes the upload. Raised after the client's retries: up to ``max_retries``, each after
+    the ``Retry-After`` the service sent (none when it asks for more than a minute).
 
     Attributes:
         retry_after: seconds the service asked to wait, or None.

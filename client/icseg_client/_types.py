@@ -180,6 +180,7 @@ class Job:
     Attributes:
         status: "queued", "running", "done", "failed" or "cancelled".
         done, total: progress in slices.
+        labels: the support set's label values, those the mask can hold (None from an older service).
         error: the service's ``{"code", "message", "field"}`` for a failed job.
     """
 
@@ -191,6 +192,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     error: dict | None = None
+    labels: list[int] | None = None
 
     @property
     def finished(self) -> bool:
@@ -201,4 +203,5 @@ class Job:
         progress = body.get("progress") or {}
         return cls(id=body["id"], status=body["status"], done=int(progress.get("done", 0)),
                    total=int(progress.get("total", 0)), created_at=float(body.get("created_at") or 0.0),
-                   started_at=body.get("started_at"), finished_at=body.get("finished_at"), error=body.get("error"))
+                   started_at=body.get("started_at"), finished_at=body.get("finished_at"), error=body.get("error"),
+                   labels=None if body.get("labels") is None else [int(v) for v in body["labels"]])

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from servicekit import ball_volume, nifti, read_nifti, support_files
+from testkit.inputs import ball_volume, nifti, read_nifti, support_files
 
 from app import jobs as jobs_module
 from app.errors import ApiError
@@ -43,11 +43,13 @@ def test_volume_job_round_trip(client, rng):
     job = response.json()
     assert response.headers["location"] == f"/jobs/{job['id']}"
     assert job["status"] in ("queued", "running", "done") and job["progress"]["total"] == volume.shape[2]
+    assert job["labels"] == [1]  # known from the support set before the 202
     job = _wait(client, job["id"])
-    assert job["status"] == "done" and job["progress"] == {"done": 12, "total": 12}
+    assert job["status"] == "done" and job["progress"] == {"done": 12, "total": 12} and job["labels"] == [1]
     assert job["result"] == f"/jobs/{job['id']}/result" and job["expires_at"] > job["finished_at"]
     result = client.get(job["result"])
     assert result.status_code == 200 and result.headers["content-type"] == "application/gzip"
+    assert result.headers["x-labels"] == "1"  # as /segment's binary answers
     out, sent = read_nifti(result.content), read_nifti(query_bytes)
     assert out.shape == volume.shape
     np.testing.assert_array_equal(out.affine, sent.affine)
@@ -69,6 +71,30 @@ def test_job_with_a_prompt_and_axis(client, rng):
     job = _wait(client, response.json()["id"])
     assert job["status"] == "done" and job["progress"]["total"] == 12
     assert read_nifti(client.get(job["result"]).content).shape == volume.shape
+
+
+def test_job_status_and_result_name_the_labels_of_a_prompt(client, rng):
+    prompt_id = client.post("/prompts", files=support_files(rng, 2, labels=(1, 3))).json()["id"]
+    volume, _ = ball_volume(rng, (10, 12, 6))
+    response = client.post("/jobs", files=[("query", ("q.nii.gz", nifti(volume)))], data={"prompt_id": prompt_id})
+    assert response.status_code == 202 and response.json()["labels"] == [1, 3]
+    job = _wait(client, response.json()["id"])
+    assert job["status"] == "done" and job["labels"] == [1, 3]
+    result = client.get(job["result"])
+    assert result.status_code == 200 and result.headers["x-labels"] == "1,3"
+
+
+def test_job_labels_survive_a_restart(tmp_path):
+    jobs = JobManager(tmp_path, workers=1, queue_size=0, result_ttl_s=60, metrics=Metrics())
+    job = jobs.submit(lambda progress: (b"mask", "application/gzip", ".nii.gz"), total=1, labels=(2, 5))
+    job.future.result(10)
+    jobs.shutdown()
+    again = JobManager(tmp_path, workers=1, queue_size=0, result_ttl_s=60, metrics=Metrics())
+    try:
+        restored = again.get(job.id)
+        assert restored.status == "done" and restored.to_dict()["labels"] == [2, 5]
+    finally:
+        again.shutdown()
 
 
 def test_job_inputs_are_checked_before_202(client, rng):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from servicekit import disk_pair, png, support_files
+from testkit.inputs import disk_pair, png, support_files
 
 from app.cli import build_parser
 from app.middleware import key_matches
@@ -46,12 +46,14 @@ def test_without_weights_the_server_starts_unready(make_client, rng, tmp_path, m
     assert ready.status_code == 503
     error = ready.json()["error"]
     assert error["code"] == "model_not_ready" and "ICSEG_WEIGHTS" in error["message"]
+    assert ready.headers["retry-after"] == "5"
     for response in (
         client.post("/segment", files=_segment_files(rng)),
         client.get("/info"),
         client.post("/prompts", files=support_files(rng, 1)),
     ):
         assert response.status_code == 503 and response.json()["error"]["code"] == "model_not_ready"
+        assert response.headers["retry-after"] == "5"  # as store_unavailable: a 503 says when to look again
     assert "icseg_model_ready 0.0" in client.get("/metrics").text
 
 

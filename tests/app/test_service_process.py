@@ -6,7 +6,8 @@ import uuid
 
 import httpx
 import numpy as np
-from servicekit import Server, ball_volume, disk_pair, nifti, png, read_nifti, read_png, support_files
+from testkit.inputs import ball_volume, disk_pair, nifti, png, read_nifti, read_png, support_files
+from testkit.processes import Server
 
 
 def test_icseg_serve_process(tiny_weights, tmp_path, rng):

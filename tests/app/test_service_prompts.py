@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
-from servicekit import disk_pair, png, read_png, support_files
+from testkit.inputs import disk_pair, png, read_png, support_files
 
 from app import prompts as prompts_module
 from app.errors import ApiError
@@ -253,7 +253,7 @@ def test_redis_backend_through_two_apps(make_client, redis_server, tmp_path, rng
 
 
 def test_redis_unavailable_is_503(make_client, rng):
-    from servicekit import free_port
+    from testkit.processes import free_port
 
     client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     ready = client.get("/readyz")

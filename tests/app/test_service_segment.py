@@ -6,7 +6,7 @@ import base64
 
 import numpy as np
 import pytest
-from servicekit import AFFINE, ball_volume, disk_pair, nifti, pil_bytes, png, read_nifti, read_png, support_files
+from testkit.inputs import AFFINE, ball_volume, disk_pair, nifti, pil_bytes, png, read_nifti, read_png, support_files
 
 from data.io import save_image
 from model.segmenter import Segmenter

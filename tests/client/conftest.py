@@ -1,14 +1,12 @@
-"""Fixtures of the SDK and CLI tests: a tiny seeded checkpoint, the in-process app, a real `icseg serve`."""
+"""Fixtures of the SDK and CLI tests: the in-process app, a real `icseg serve` (on tests/conftest.py's tiny
+seeded checkpoint), the SDK's retry waits recorded instead of waited."""
 
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import torch
 
 try:
     import icseg_client  # noqa: F401 - installed with `pip install -e ./client`
@@ -16,22 +14,12 @@ except ImportError:  # a checkout whose dev install predates the SDK: test the s
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "client"))
 
 import icseg_client
-from clientkit import API_KEY, Server
+from clientkit import API_KEY
 from fastapi.testclient import TestClient
+from testkit.fixtures import make_client
+from testkit.processes import Server
 
-from app.main import create_app
-from app.settings import Settings
-from model.config import NetworkConfig
-from model.network import build_network
-from model.weights import save_checkpoint
-
-
-@pytest.fixture(autouse=True)
-def _no_icseg_env(monkeypatch):
-    """A developer's ICSEG_* variables (ICSEG_URL, ICSEG_API_KEY, ICSEG_WEIGHTS) must not leak into tests."""
-    for key in list(os.environ):
-        if key.startswith("ICSEG_"):
-            monkeypatch.delenv(key)
+__all__ = ["make_client"]  # a fixture: pytest finds it by name here
 
 
 @pytest.fixture(autouse=True)
@@ -52,26 +40,10 @@ def waits(_no_waiting) -> list[float]:
     return _no_waiting
 
 
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    net = build_network(NetworkConfig(encoder_features=(8, 8, 8, 8), decoder_features=(8, 8, 8), size=32))
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_checkpoint(net, path, metadata={"source": "seeded random test weights", "licence": "none (tests)"})
-    return path
-
-
 @pytest.fixture
-def make_app(tiny_weights, tmp_path):
+def make_app(make_client):
     """make_app(**settings) -> a started TestClient (lifespan run) of the service; closed at teardown."""
-    with ExitStack() as stack:
-
-        def make(**overrides) -> TestClient:
-            values = {"weights": tiny_weights, "data_dir": tmp_path / "data", "sweep_interval_s": 3600}
-            values.update(overrides)
-            return stack.enter_context(TestClient(create_app(Settings(**values)), raise_server_exceptions=False))
-
-        yield make
+    return make_client
 
 
 @pytest.fixture

@@ -5,8 +5,9 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from clientkit import AFFINE, API_KEY, ball_volume, save_nifti, save_png, write_task
+from clientkit import API_KEY, write_task
 from PIL import Image
+from testkit.inputs import AFFINE, ball_volume, save_nifti, save_png
 
 from app.cli import main
 from data.io import read_image, read_mask
@@ -39,16 +40,22 @@ def _written(out):
     return masks, overlays
 
 
+def _check_three_masks(out, files, weights) -> dict:
+    """OUT holds a mask and an overlay per query of ``write_task``, each mask equal to a direct call's."""
+    masks, overlays = _written(out)
+    assert sorted(masks) == overlays == ["scan0.v1.png", "scan1.v1.png", "scan2.v1.png"]
+    for name, expected in _expected(files, weights).items():
+        np.testing.assert_array_equal(masks[name], expected)
+    return masks
+
+
 def test_local_mode_on_a_folder_of_three_pngs(tmp_path, rng, tiny_weights, capsys):
     files = write_task(tmp_path, rng)
     out = tmp_path / "out"
     code = run_cli("segment", "--weights", tiny_weights, *_support_args(tmp_path), "--query", tmp_path / "queries",
                    "--out", out, "--overlay")
     assert code == 0, capsys.readouterr().err
-    masks, overlays = _written(out)
-    assert sorted(masks) == overlays == ["scan0.v1.png", "scan1.v1.png", "scan2.v1.png"]
-    for name, expected in _expected(files, tiny_weights).items():
-        np.testing.assert_array_equal(masks[name], expected)
+    masks = _check_three_masks(out, files, tiny_weights)
     overlay = np.asarray(Image.open(out / "overlays" / "scan1.v1.png"))
     assert overlay.shape == (*masks["scan1.v1.png"].shape, 3)
     assert "3/3" in capsys.readouterr().err  # the progress bar over the folder
@@ -70,11 +77,8 @@ def test_url_mode_on_a_folder_of_three_pngs(server, tmp_path, rng, tiny_weights,
     code = run_cli("segment", "--url", server.url, *_support_args(tmp_path), "--query", tmp_path / "queries",
                    "--out", out, "--overlay")
     assert code == 0, capsys.readouterr().err
-    masks, overlays = _written(out)
-    assert sorted(masks) == overlays == ["scan0.v1.png", "scan1.v1.png", "scan2.v1.png"]
     # the server runs the same weights: the same masks as a direct call (and as the local mode)
-    for name, expected in _expected(files, tiny_weights).items():
-        np.testing.assert_array_equal(masks[name], expected)
+    _check_three_masks(out, files, tiny_weights)
     assert "3/3" in capsys.readouterr().err
 
 

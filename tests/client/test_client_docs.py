@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clientkit import API_KEY, ball_volume, disk_pair, save_nifti, save_png
+from clientkit import API_KEY
+from testkit.inputs import ball_volume, disk_pair, save_nifti, save_png
 
 from app.cli import build_parser
 

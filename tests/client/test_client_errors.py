@@ -8,7 +8,7 @@ import httpx
 import icseg_client
 import numpy as np
 import pytest
-from clientkit import Flaky, ball_volume, disk_pair, error_response, free_port
+from clientkit import Flaky, error_response
 from icseg_client import (
     APIConnectionError,
     APIStatusError,
@@ -28,6 +28,8 @@ from icseg_client import (
     UnprocessableEntityError,
     UnsupportedMediaTypeError,
 )
+from testkit.inputs import ball_volume, disk_pair
+from testkit.processes import free_port
 
 
 @pytest.fixture
@@ -122,6 +124,7 @@ def test_service_unavailable_503_while_the_model_is_not_loaded(make_app, pair, t
     assert isinstance(info.value, InternalServerError)
     assert info.value.code == "model_not_ready" and "missing.safetensors" in info.value.message
     assert len(waits) == 1  # 503 is retried (max_retries=1) before it is raised
+    assert waits == [5]  # after the service's Retry-After
 
 
 def test_connection_error_when_nothing_listens(pair, waits):

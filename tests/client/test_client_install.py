@@ -8,13 +8,15 @@ import textwrap
 import venv
 
 import pytest
-from clientkit import API_KEY, REPO, disk_pair, save_png
+from clientkit import API_KEY
+from testkit import ROOT
+from testkit.inputs import disk_pair, save_png
 
 
 @pytest.mark.slow
 def test_pip_install_client_in_a_fresh_venv(server, tmp_path, rng):
     # a copy: building the wheel writes build/ and *.egg-info next to the sources
-    source = shutil.copytree(REPO / "client", tmp_path / "client",
+    source = shutil.copytree(ROOT / "client", tmp_path / "client",
                              ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True, system_site_packages=False)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from clientkit import AFFINE, API_KEY, ball_volume, disk_pair, save_nifti, save_png
+from clientkit import API_KEY
 from icseg_client import AuthenticationError, Client, NotFoundError
+from testkit.inputs import AFFINE, ball_volume, disk_pair, save_nifti, save_png
 
 
 def test_sdk_against_a_real_server(server, tmp_path, rng, monkeypatch, capsys):

@@ -158,6 +158,23 @@ def test_truncated_files_raise_input_error(tmp_path, rng, name):
     assert info.value.code == "invalid_input"
 
 
+@pytest.mark.parametrize("name", ["png", "jpeg", "tiff", "bmp", "dicom", "nii", "nii.gz"])
+@pytest.mark.parametrize("damage", ["truncated", "header only"])
+def test_damaged_file_messages_show_no_object_reprs_or_file_names(tmp_path, rng, name, damage):
+    data = _truncated(tmp_path, rng)[name]
+    if damage == "header only":  # the format's signature, then junk: the decoder cannot identify the file
+        signature = {"png": 8, "jpeg": 3, "tiff": 4, "bmp": 2, "dicom": 132, "nii": 348, "nii.gz": 10}[name]
+        data = data[:signature] + b"x" * 60
+    path = tmp_path / f"patient-smith.{name}"
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(InputError) as info:
+            read_image(source)
+        message = info.value.message
+        assert " at 0x" not in message and "<" not in message and "BytesIO" not in message, message
+        assert "patient-smith" not in message and str(tmp_path) not in message, message
+
+
 @pytest.mark.parametrize(
     "data", [b"", b"hello world", b"GIF89a" + b"\0" * 100, b"\0" * 400, b"%PDF-1.7\n" + b"\0" * 200]
 )

@@ -1,20 +1,13 @@
-"""Fixtures of the deployment tests: the tiny seeded checkpoint, a real redis-server."""
+"""Fixtures of the deployment tests: a fresh redis-server per test (tiny_weights: tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-from deploykit import find_exe, redis_server, write_tiny_weights
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+from testkit.processes import RedisServer, require_exe
 
 
 @pytest.fixture
 def redis_url(tmp_path):
-    if find_exe("redis-server") is None:
-        pytest.skip("redis-server is not installed; scripts/install-system-deps.sh installs it")
-    proc, url = redis_server(tmp_path)
-    yield url
-    proc.stop()
+    server = RedisServer(require_exe("redis-server"), tmp_path)
+    yield server.url
+    server.stop()

@@ -13,7 +13,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from deploykit import ROOT, dockerfile_stages, find_exe, venv_bin
+from deploykit import dockerfile_stages
+from testkit import ROOT
+from testkit.processes import find_exe, venv_bin
 
 
 def hadolint() -> str:

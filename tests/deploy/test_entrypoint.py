@@ -17,7 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from deploykit import EXAMPLE, Proc, dockerfile_stages, free_port, venv_bin
+from deploykit import dockerfile_stages
+from testkit import EXAMPLE
+from testkit.processes import Proc, free_port, venv_bin
 
 RUNTIME = dockerfile_stages()[-1]
 CONTAINER_PORT = RUNTIME.exec_form("CMD")[-1]

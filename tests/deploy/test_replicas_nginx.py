@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
-from deploykit import DEPLOY, EXAMPLE, Proc, find_exe, free_port, icseg_serve, render_template
+from deploykit import DEPLOY, render_template
+from testkit import EXAMPLE
+from testkit.processes import Proc, Server, free_port, require_exe
 
 MAX_UPLOAD_MB = 1  # small, so that the proxy's limit is cheap to cross
 
@@ -53,16 +54,14 @@ def example_files() -> tuple[list[tuple], bytes]:
 
 
 def test_prompt_created_on_one_replica_is_served_through_the_proxy(tmp_path, tiny_weights, redis_url):
-    nginx = find_exe("nginx")
-    if nginx is None:
-        pytest.skip("nginx is not installed; scripts/install-system-deps.sh installs it")
+    nginx = require_exe("nginx")
     ports = [free_port(), free_port()]
     replicas = []
     for name, port in zip("ab", ports):
         (tmp_path / name).mkdir()
         env = {"ICSEG_WEIGHTS": str(tiny_weights), "ICSEG_REDIS_URL": redis_url,
                "ICSEG_DATA_DIR": str(tmp_path / name / "data"), "ICSEG_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)}
-        replicas.append(icseg_serve(port, env, tmp_path / name / "serve.log"))
+        replicas.append(Server(env, tmp_path / name / "serve.log", port=port, cwd=tmp_path / name))
     proxy_port = free_port()
     conf = nginx_config(tmp_path, proxy_port, ports)
     proxy = Proc([nginx, "-e", "stderr", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],

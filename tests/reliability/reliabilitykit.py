@@ -18,7 +18,8 @@ import nibabel as nib
 import numpy as np
 import psutil
 from PIL import Image
-from servicekit import Server, disk_pair, nifti, png
+from testkit.inputs import disk_pair, nifti, png
+from testkit.processes import Server
 
 # -- hostile files ---------------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,14 +17,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import servicekit
 from reliabilitykit import kill9, query_file, start_server
-from servicekit import RedisServer, ball_volume, nifti, read_nifti, support_files
+from testkit import ROOT
+from testkit.inputs import ball_volume, nifti, read_nifti, support_files
+from testkit.processes import RedisServer, require_exe
 
 from app.prompts import DiskPromptStore, PromptRecord
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 # -- kill -9 while prompts are written ---------------------------------------------------------------------
 
@@ -100,7 +97,7 @@ def _expected_blob(prompt_id: str, size: int) -> bytes:
 
 def _kill_writer(data_dir: Path, size: int, when: str, delay: float) -> list[str]:
     """Start a process writing prompts through DiskPromptStore; SIGKILL it mid-write; its acknowledged ids."""
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(data_dir), str(size)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(data_dir), str(size)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     acked: list[str] = []
     reader = threading.Thread(target=lambda: acked.extend(line.strip() for line in proc.stdout), daemon=True)
@@ -160,14 +157,10 @@ def test_kill9_inside_the_disk_store_write_leaves_nothing_half_visible(tmp_path,
 
 @pytest.fixture
 def redis_exe() -> str:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed; scripts/install-system-deps.sh installs it")
-    return exe
+    return require_exe("redis-server")
 
 
-def test_redis_stopped_is_503_with_retry_after_and_recovers_by_itself(tiny_weights, tmp_path, rng, redis_exe,
-                                                                      monkeypatch):
+def test_redis_stopped_is_503_with_retry_after_and_recovers_by_itself(tiny_weights, tmp_path, rng, redis_exe):
     redis = RedisServer(redis_exe, tmp_path)
     server = start_server(tmp_path / "server", tiny_weights, ICSEG_REDIS_URL=redis.url, ICSEG_REDIS_PREFIX="fault")
     try:
@@ -195,9 +188,7 @@ def test_redis_stopped_is_503_with_retry_after_and_recovers_by_itself(tiny_weigh
             inline = http.post("/segment", files=query + support_files(rng, 2))
             assert inline.status_code == 200  # what does not need Redis keeps working
 
-            with monkeypatch.context() as patch:  # the same address again
-                patch.setattr(servicekit, "free_port", lambda: redis.port)
-                redis = RedisServer(redis_exe, tmp_path)
+            redis = RedisServer(redis_exe, tmp_path, port=redis.port)  # the same address again
             deadline = time.monotonic() + 30
             while http.get("/readyz").status_code != 200:
                 assert time.monotonic() < deadline, "the server did not reconnect to Redis"

@@ -37,7 +37,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from servicekit import ball_volume, disk_pair, nifti, png, support_files
+from testkit.inputs import ball_volume, disk_pair, nifti, png, support_files
 
 FORM_OPTIONS = ("threshold", "ensemble", "axis", "output", "name", "label_names")
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "10"))

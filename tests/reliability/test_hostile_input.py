@@ -29,7 +29,7 @@ from reliabilitykit import (
     rgba_png,
     start_server,
 )
-from servicekit import ball_volume, disk_pair, png, read_nifti, read_png, support_files
+from testkit.inputs import ball_volume, disk_pair, png, read_nifti, read_png, support_files
 
 UPLOAD_LIMIT_MB = 16  # small, so that the over-limit upload costs little to send
 RSS_GROWTH_LIMIT_MB = 150  # what the whole suite may add to the server's peak RSS after a warm-up (an unchecked

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 from reliabilitykit import query_file
-from servicekit import support_files
+from testkit.inputs import support_files
 
 
 def test_a_full_queue_is_an_immediate_429_and_the_queued_requests_still_finish(make_client, monkeypatch):

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 from reliabilitykit import start_server
-from servicekit import png, support_files
+from testkit.inputs import png, support_files
 
 from app import middleware
 from app.middleware import key_matches

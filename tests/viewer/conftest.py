@@ -1,4 +1,5 @@
-"""Fixtures of the viewer tests: a real `icseg serve` on the tiny seeded network, and headless Chromium.
+"""Fixtures of the viewer tests: a real `icseg serve` on the tiny seeded network (tests/conftest.py), and
+headless Chromium.
 
 The browser is Debian's chromium (scripts/install-system-deps.sh), driven by Playwright for Python;
 Playwright's own browser download is never used.
@@ -6,23 +7,14 @@ Playwright's own browser download is never used.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-
-from deploykit import free_port, icseg_serve, write_tiny_weights  # noqa: E402
+from testkit.processes import Server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory):
-    return write_tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
 
 
 API_KEY = "viewer-test-key"
@@ -30,15 +22,13 @@ API_KEY = "viewer-test-key"
 
 def _serve(tmp_path_factory, weights: Path, **env: str):
     workdir = tmp_path_factory.mktemp("viewer-server")
-    port = free_port()
-    proc = icseg_serve(port, {"ICSEG_WEIGHTS": str(weights), "ICSEG_DATA_DIR": str(workdir / "data"), **env},
-                       workdir / "serve.log")
-    url = f"http://127.0.0.1:{port}"
+    server = Server({"ICSEG_WEIGHTS": str(weights), "ICSEG_DATA_DIR": str(workdir / "data"), **env},
+                    workdir / "serve.log", cwd=workdir)
     try:
-        proc.wait_http(url + "/readyz")
-        yield url
+        server.wait_ready()
+        yield server.url
     finally:
-        proc.stop()
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import re
 import httpx
 import numpy as np
 import pytest
-from deploykit import EXAMPLE, ROOT
 from fastapi.testclient import TestClient
 from PIL import Image
+from testkit import EXAMPLE, ROOT
 
 from app.main import create_app
 from app.settings import Settings
