@@ -13,6 +13,7 @@ Letters: n images of a task, S support items, N the network side.
 from __future__ import annotations
 
 import json
+import re
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,10 +95,16 @@ class DatasetFolder:
         cases = self.cases(name)
         return bool(cases) and cases[0][1].name.lower().endswith(VOLUME_SUFFIXES)
 
-    def load_tasks(self, name: str, size: int, axes: tuple[int, ...] = (0, 1, 2), slice_step: int = 2) -> list[Task]:
-        """All tasks of one dataset at N = size."""
+    def load_tasks(
+        self, name: str, size: int, axes: tuple[int, ...] = (0, 1, 2), slice_step: int = 2, empty_step: int = 0
+    ) -> list[Task]:
+        """All tasks of one dataset at N = size.
+
+        Volumes give slices along ``axes``: every ``slice_step``-th slice holding a label and, when
+        ``empty_step`` > 0, every ``empty_step``-th slice of the head that holds none (queries without the structure).
+        """
         if self.is_volume(name):
-            return self._volume_tasks(name, size, axes, slice_step)
+            return self._volume_tasks(name, size, axes, slice_step, empty_step)
         return self._image_tasks(name, size)
 
     def _image_tasks(self, name: str, size: int) -> list[Task]:
@@ -124,14 +131,20 @@ class DatasetFolder:
             tasks.append(Task(name, int(lab), None, stacked, masks, present, cases))
         return tasks
 
-    def _volume_tasks(self, name: str, size: int, axes: tuple[int, ...], slice_step: int) -> list[Task]:
+    def _volume_tasks(
+        self, name: str, size: int, axes: tuple[int, ...], slice_step: int, empty_step: int = 0
+    ) -> list[Task]:
         per_axis: dict[int, tuple[list, list, list]] = {a: ([], [], []) for a in axes}
         for cid, image_path, mask_path in self.cases(name):
             vol = normalize(np.asarray(nib.load(image_path).dataobj, dtype=np.float32), (0.5, 99.5))
             lab = np.asarray(nib.load(mask_path).dataobj).astype(np.int64)
             for a in axes:
                 v, m = np.moveaxis(vol, a, 0), np.moveaxis(lab, a, 0)
-                keep = np.flatnonzero(m.any(axis=(1, 2)))[::slice_step]
+                labelled = m.any(axis=(1, 2))
+                keep = np.flatnonzero(labelled)[::slice_step]
+                if empty_step > 0:
+                    content = v.reshape(v.shape[0], -1).max(1) > 0.05
+                    keep = np.sort(np.concatenate([keep, np.flatnonzero(~labelled & content)[::empty_step]]))
                 imgs, maps, names = per_axis[a]
                 for i in keep:
                     imgs.append(resize(torch.from_numpy(np.ascontiguousarray(v[i])), (size, size)).clamp_(0, 1).half())
@@ -155,15 +168,28 @@ class DatasetFolder:
         return tasks
 
 
+def case_group(case_id: str) -> str:
+    """The patient or volume a case comes from, as far as its id tells: support and query of a validation
+    episode come from different groups, so that neighbouring slices or augmented copies are never paired.
+
+    ``10002_135`` (volume 10002, slice 135) -> ``10002``; ``deep_1005`` -> ``1005``; ``TCGA-18-5592-01Z`` ->
+    ``5592``; an id without a separated number of three or more digits is its own group.
+    """
+    for token in re.split(r"[_\-]", case_id)[: 3 if "_" in case_id or "-" in case_id else 0]:
+        if token.isdigit() and len(token) >= 3:
+            return token
+    return case_id
+
+
 def load_tasks(
-    root: str | Path, names: list[str] | None, size: int, exclude: tuple[str, ...] = ()
+    root: str | Path, names: list[str] | None, size: int, exclude: tuple[str, ...] = (), empty_step: int = 0
 ) -> dict[str, list[Task]]:
     """Tasks grouped by dataset, for the given dataset names (None: all in the folder but ``exclude``)."""
     folder = DatasetFolder(root)
     names = names or [n for n in folder.names() if n not in exclude]
     out = {}
     for name in names:
-        tasks = [t for t in folder.load_tasks(name, size) if t.present.sum() >= 2]
+        tasks = [t for t in folder.load_tasks(name, size, empty_step=empty_step) if t.present.sum() >= 2]
         if tasks:
             out[name] = tasks
             log.info("dataset %s: %d tasks, %d images", name, len(tasks), len(tasks[0].images))

@@ -58,18 +58,26 @@ def synthetic_episode(n_images: int, size: int, gen: torch.Generator) -> tuple[t
     return images, masks.index_fill_(0, torch.nonzero(masks.flatten(1).sum(1) == 0)[:, 0], 0).clamp_(0, 1)
 
 
-def _try_episode(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def region_map(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    """A random label map of R regions shared by the task, under a smooth deformation per subject.
+
+    Returns:
+        labels (n, N, N) int64 in [0, R), and R.
+    """
     regions = _randint(gen, 3, 12)
     base = _smooth_noise(gen, regions, size, _randint(gen, 2, 6)) * 1.0
     base = base + _smooth_noise(gen, regions, size, _randint(gen, 6, 16)) * float(_rand(gen, 0.0, 0.6))
-    # per-subject smooth deformation of the label logits
     strength = float(_rand(gen, 0.0, 0.15))
     disp = _smooth_noise(gen, 2, size, _randint(gen, 3, 6), batch=n) * strength  # (n, 2, N, N)
     lin = torch.linspace(-1, 1, size)
     yy, xx = torch.meshgrid(lin, lin, indexing="ij")
     grid = torch.stack([xx, yy], dim=-1).unsqueeze(0) + disp.permute(0, 2, 3, 1)  # (n, N, N, 2)
     logits = F.grid_sample(base.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True)
-    labels = logits.argmax(dim=1)  # (n, N, N)
+    return logits.argmax(dim=1), regions
+
+
+def _try_episode(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    labels, regions = region_map(n, size, gen)
     # foreground: one label, or a union of a few, among those present in the first subject
     present = torch.unique(labels[0])
     k = min(len(present), 1 if float(torch.rand(1, generator=gen)) < 0.6 else _randint(gen, 2, 3))

@@ -17,45 +17,76 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from data.augment import apply_in_task, apply_task_level, in_task_transform
-from data.datasets import Task, load_tasks, sample_episode
+from data.augment import apply_in_task, apply_task_level, in_task_batched, in_task_transform
+from data.datasets import Task, choose_task, load_tasks, sample_episode
+from data.superpixel import superpixel_episode
 from data.synthetic import synthetic_episode
+from data.synthetic_shapes import FAMILIES, shape_episode
 from model.network import build_network
 from model.train_config import TrainConfig
-from model.weights import save_checkpoint
+from model.weights import load_model, save_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+def support_size(cfg: TrainConfig, rng: np.random.Generator) -> int:
+    """S for one step: uniform in [support_min, support_max], or log-uniform (small sets more often)."""
+    if cfg.support_dist == "loguniform":
+        lo, hi = math.log(cfg.support_min), math.log(cfg.support_max + 1)
+        return min(cfg.support_max, int(math.exp(rng.uniform(lo, hi))))
+    return int(rng.integers(cfg.support_min, cfg.support_max + 1))
+
+
+def _episode(cfg: TrainConfig, tasks, rng: np.random.Generator, gen: torch.Generator, n_support: int, size: int):
+    """One episode (S + 1 images and masks, (S + 1, N, N)) from the mix the config asks for."""
+    n = n_support + 1
+    if tasks and rng.random() < cfg.superpixel_fraction:
+        task = choose_task(tasks, rng)
+        for _ in range(3):
+            image = task.images[int(rng.integers(len(task.images)))]
+            if image.shape[-1] != size:
+                image = F.interpolate(image[None, None].float(), size=(size, size), mode="area")[0, 0]
+            episode = superpixel_episode(image, n, gen, rng)
+            if episode is not None:
+                return episode
+    if not tasks or rng.random() < cfg.synthetic_fraction:
+        if rng.random() < cfg.shape_fraction:
+            return shape_episode(FAMILIES[int(rng.integers(len(FAMILIES)))], n, size, gen)
+        return synthetic_episode(n, size, gen)
+    im, m = sample_episode(tasks, rng, n_support, cfg.empty_query_fraction)
+    if im.shape[-1] != size:
+        im = F.interpolate(im[:, None], size=(size, size), mode="area")[:, 0]
+        m = F.interpolate(m[:, None], size=(size, size), mode="area")[:, 0]
+    return im, m
 
 
 def batch_for_step(cfg: TrainConfig, step: int, tasks: dict[str, list[Task]], transform) -> dict[str, torch.Tensor]:
     """The batch of one step, determined by (cfg.seed, step) alone.
 
     Returns:
-        query (B, 1, n, n), support_images (B, S, 1, n, n), support_masks (B, S, 1, n, n), target (B, 1, n, n).
+        query (B, 1, N, N), support_images (B, S, 1, N, N), support_masks (B, S, 1, N, N), target (B, 1, N, N).
     """
     rng = np.random.default_rng([cfg.seed, step])
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     size = cfg.warmup_size if step < cfg.warmup_steps else cfg.size
-    n_support = int(rng.integers(cfg.support_min, cfg.support_max + 1))
+    n_support = support_size(cfg, rng)
     images, masks = [], []
     for _ in range(cfg.batch_size):
-        if not tasks or rng.random() < cfg.synthetic_fraction:
-            im, m = synthetic_episode(n_support + 1, size, gen)
-        else:
-            im, m = sample_episode(tasks, rng, n_support, cfg.empty_query_fraction)
-            if im.shape[-1] != size:
-                im = F.interpolate(im[:, None], size=(size, size), mode="area")[:, 0]
-                m = F.interpolate(m[:, None], size=(size, size), mode="area")[:, 0]
+        im, m = _episode(cfg, tasks, rng, gen, n_support, size)
         if cfg.augment_p > 0:
-            im, m = apply_in_task(transform, im, m, int(rng.integers(2**31)))
+            if cfg.augment_backend == "batched":
+                im, m = in_task_batched(im, m, gen, cfg.augment_p)
+            else:
+                im, m = apply_in_task(transform, im, m, int(rng.integers(2**31)))
         if cfg.task_augment_p > 0:
             im, m = apply_task_level(im, m, rng, cfg.task_augment_p)
         images.append(im)
         masks.append(m)
-    images, masks = torch.stack(images), torch.stack(masks)  # (B, S+1, n, n)
+    images, masks = torch.stack(images), torch.stack(masks)  # (B, S+1, N, N)
     return {
         "query": images[:, :1].contiguous(),
         "support_images": images[:, 1:, None].contiguous(),
@@ -74,15 +105,24 @@ class EpisodeStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         torch.set_num_threads(1)
-        transform = in_task_transform(self.cfg.augment_p)
+        transform = in_task_transform(self.cfg.augment_p) if self.cfg.augment_backend == "monai" else None
         for step in range(self.start + wid, self.cfg.steps, nw):
             yield step, batch_for_step(self.cfg, step, self.tasks, transform)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft Dice + BCE on (B, 1, H, W) logits; also returns the hard Dice per item (B,) for logging."""
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, kind: str = "dice_bce") -> tuple[torch.Tensor, torch.Tensor]:
+    """A pixel loss + soft Dice on (B, 1, H, W) logits; also returns the hard Dice per item (B,) for logging.
+
+    ``dice_bce``: binary cross-entropy + soft Dice. ``focal_dice``: focal loss with gamma 20 + soft Dice
+    (ScribblePrompt, MultiverSeg). The soft Dice of an empty target with an empty prediction is 1.
+    """
     logits = logits.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if kind == "focal_dice":
+        p_true = torch.exp(-bce)  # probability given to the true class
+        pixel = ((1 - p_true) ** 20 * bce).mean()
+    else:
+        pixel = bce.mean()
     probs = torch.sigmoid(logits).flatten(1)
     t = target.flatten(1)
     inter = (probs * t).sum(1)
@@ -90,21 +130,35 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     with torch.no_grad():
         hard = (probs > 0.5).float()
         hard_dice = (2 * (hard * t).sum(1) + 1e-6) / (hard.sum(1) + t.sum(1) + 1e-6)
-    return bce + (1 - dice).mean(), hard_dice
+    return pixel + (1 - dice).mean(), hard_dice
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to 5 % of the peak."""
+    """Linear warm-up, then cosine decay to 5 % of the peak; or WSD: warm-up, stable, linear decay at the end.
+
+    WSD depends on ``steps`` only through the last ``decay_steps``, so a run extended while in its stable
+    phase keeps a continuous curve.
+    """
     if step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
+    if cfg.schedule == "wsd":
+        to_end = cfg.steps - step
+        if to_end >= cfg.decay_steps:
+            return cfg.lr
+        return cfg.lr * (0.02 + 0.98 * to_end / max(1, cfg.decay_steps))
     t = (step - cfg.lr_warmup_steps) / max(1, cfg.steps - cfg.lr_warmup_steps)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through the tree's one atomic writer (imported here: this file's imports stay put)."""
+    import io
+
+    from data.io import write_atomic
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 class Trainer:
@@ -119,11 +173,25 @@ class Trainer:
         self.net = build_network(cfg.network_config()).to(self.device)
         if cfg.channels_last:  # measured faster for training on CPU too (docs/performance.md)
             self.net = self.net.to(memory_format=torch.channels_last)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.init_weights and not self.state_path.exists():
+            init = load_model(cfg.init_weights)
+            self.net.load_state_dict(init.state_dict())
+            log.info("new run initialised from %s", cfg.init_weights)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # the EMA of the weights is what a run exports; its buffers follow the network's (use_buffers)
+        self.ema = (
+            AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            if cfg.ema_decay > 0
+            else None
+        )
         self.step = 0
         self.seconds = 0.0
         if tasks is None:
-            tasks = load_tasks(cfg.data_root, None, cfg.size, exclude=tuple(cfg.exclude)) if cfg.data_root else {}
+            tasks = load_tasks(
+                cfg.data_root, None, cfg.size, exclude=tuple(cfg.exclude), empty_step=cfg.empty_slice_step
+            ) if cfg.data_root else {}
         self.tasks = tasks
         self.resume()
 
@@ -144,6 +212,8 @@ class Trainer:
                 )
             optim = optim_state["optimizer"]
         self.net.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(optim)
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
@@ -167,12 +237,19 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "config": json.dumps(asdict(self.cfg)),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         _atomic_save(state, self.state_path)
         save_checkpoint(
-            self.net,
+            self.export_net,
             self.run_dir / "model.safetensors",
             {"steps": str(self.step), "train_hours": f"{self.seconds / 3600:.3f}", "train_config": asdict(self.cfg)},
         )
+
+    @property
+    def export_net(self) -> torch.nn.Module:
+        """The weights a run ships: the EMA when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.net
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
         for group in self.opt.param_groups:
@@ -181,11 +258,13 @@ class Trainer:
         dtype = torch.bfloat16 if self.cfg.bf16 else None
         with torch.autocast(self.device.type, dtype=dtype, enabled=self.cfg.bf16):
             logits = self.net(batch["query"], batch["support_images"], batch["support_masks"])
-        loss, hard_dice = loss_fn(logits, batch["target"])
+        loss, hard_dice = loss_fn(logits, batch["target"], self.cfg.loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
         self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
         self.step += 1
         return float(loss.detach()), float(hard_dice.mean())
 

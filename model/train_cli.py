@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=getattr(defaults, f.name))
         elif f.name == "max_minutes":
             p.add_argument(flag, type=float, default=None)
+        elif f.name == "init_weights":
+            p.add_argument(flag, default=None, help="start a new run from these weights (ignored when resuming)")
         else:
             kind = type(getattr(defaults, f.name))
             p.add_argument(flag, type=kind, default=getattr(defaults, f.name))
