@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from data.augment import apply_in_task, apply_task_level, in_task_batched, in_task_transform
 from data.datasets import Task, choose_task, load_tasks, sample_episode
+from data.pack import read_pack
 from data.superpixel import superpixel_episode
 from data.synthetic import synthetic_episode
 from data.synthetic_shapes import FAMILIES, shape_episode
@@ -188,6 +189,8 @@ class Trainer:
         )
         self.step = 0
         self.seconds = 0.0
+        if tasks is None and cfg.data_pack:
+            tasks = read_pack(cfg.data_pack)
         if tasks is None:
             tasks = load_tasks(
                 cfg.data_root, None, cfg.size, exclude=tuple(cfg.exclude), empty_step=cfg.empty_slice_step

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=getattr(defaults, f.name))
         elif f.name == "max_minutes":
             p.add_argument(flag, type=float, default=None)
+        elif f.name == "data_pack":
+            p.add_argument(flag, default=None, help="train on a pack of scripts/pack-training-data.py")
         elif f.name == "init_weights":
             p.add_argument(flag, default=None, help="start a new run from these weights (ignored when resuming)")
         else:

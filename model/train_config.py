@@ -13,6 +13,7 @@ class TrainConfig:
 
     run_dir: str = "runs/default"
     data_root: str | None = None
+    data_pack: str | None = None  # a pack of data/pack.py instead of data_root (the GPU burst)
     exclude: tuple[str, ...] = ()
     steps: int = 20000
     batch_size: int = 8

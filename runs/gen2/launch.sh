@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${STEPS:-100000}
-exec .venv/bin/icseg train --run-dir runs/gen2 --data-root ../shared/datasets \
+exec "${ICSEG_BIN:-.venv/bin/icseg}" train --run-dir runs/gen2 --data-root ../shared/datasets \
   --exclude ph2,kvasir_seg,faz_octa,ddti_thyroid,aorta_ct,left_atrium_mri,monuseg,em_membrane \
   --init-weights model/weights/icseg-default.safetensors \
   --steps "$STEPS" --batch-size 4 --support-min 1 --support-max 32 --support-dist loguniform \
