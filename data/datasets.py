@@ -13,8 +13,8 @@ Letters: n images of a task, S support items, N the network side.
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -14,7 +14,7 @@ from data.pack import read_pack, write_pack
 from data.superpixel import superpixel_episode
 from data.synthetic import synthetic_episode
 from data.synthetic_shapes import FAMILIES, shape_episode
-from model.train import TrainConfig, Trainer, lr_at, loss_fn
+from model.train import TrainConfig, Trainer, loss_fn, lr_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,7 +141,8 @@ def test_gpu_burst_command_runs_on_cpu_with_a_tiny_budget(tmp_path):
     os.chmod(run_dir / "launch.sh", 0o755)
     write_pack(tmp_path / "pack.npz", _tasks())
     before = (run_dir / "last.pt").read_bytes()
-    env = dict(os.environ, DEVICE="cpu", BATCH_SIZE="2", WORKERS="0", ICSEG_BIN=str(Path(sys.executable).parent / "icseg"))
+    icseg = str(Path(sys.executable).parent / "icseg")
+    env = dict(os.environ, DEVICE="cpu", BATCH_SIZE="2", WORKERS="0", ICSEG_BIN=icseg)
     out = tmp_path / "out"
     subprocess.run([str(ROOT / "scripts" / "gpu-burst.sh"), str(run_dir), str(tmp_path / "pack.npz"), str(out), "0.05"],
                    check=True, env=env, timeout=240, cwd=ROOT)
