@@ -28,10 +28,11 @@ COPY pyproject.toml README.md ./
 COPY model/ model/
 COPY data/ data/
 COPY app/ app/
+COPY cli/ cli/
 # not editable: the packages, the viewer (app/static) and the default weights (model/weights) are copied
 # into site-packages; torch==2.13.0 is already satisfied, so the rest comes from PyPI
 RUN pip install . \
-    && python -c "import app.main, model, data"
+    && python -c "import cli.main, app.main, model, data"
 
 # -- runtime: the venv on a clean slim image, as a non-root user ---------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -19,8 +19,10 @@ install-dev: $(BIN)/python
 serve: install
 	$(BIN)/icseg serve --host $(HOST) --port $(PORT)
 
+# ruff, then the architecture: import-linter's contracts in pyproject.toml (layers cli -> app -> model -> data)
 lint:
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: install-dev lint
 	$(BIN)/pytest -q

@@ -2,7 +2,7 @@
 
 Requests put their query on an asyncio-side list and await a future. One consumer task takes the oldest
 query and every other waiting query against the *same* prepared support (a stored prompt is one shared
-object, see ``app.prompts.PromptCache``) and runs them as one ``Segmenter.predict_many`` call on the
+object, see ``app.prompts.Prompts``) and runs them as one ``Segmenter.predict_many`` call on the
 model thread. While a pass runs, new queries pile up and form the next batch, so batching needs no
 timer; ``wait_s`` adds one for lightly loaded servers that prefer throughput over latency.
 Queries with different supports (inline support sets) are run one group after another: serialised.
@@ -22,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.metrics import Metrics
-from model.errors import InputError
-from model.segmenter import PreparedSupport
+from model.segmenter import PreparedSupport, predict_each
 
 log = logging.getLogger(__name__)
 
@@ -156,17 +155,9 @@ class MicroBatcher:
     def _run_group(self, group: list[_Item]) -> list[np.ndarray | BaseException]:
         """On the model thread: one pass for the group; on a bad query, retry one by one to blame only it."""
         start = time.perf_counter()
+        support, ensemble = group[0].support, group[0].ensemble
         try:
-            out = self._run_many([it.query for it in group], group[0].support, group[0].ensemble)
-        except InputError as exc:
-            if len(group) == 1:
-                return [exc]
-            out = []
-            for item in group:
-                try:
-                    out.append(self._run_many([item.query], item.support, item.ensemble)[0])
-                except Exception as single:  # noqa: BLE001 - handed to that request's future
-                    out.append(single)
+            out = predict_each(lambda queries: self._run_many(queries, support, ensemble), [it.query for it in group])
         except Exception as exc:  # noqa: BLE001 - handed to every request of the group
             log.exception("model pass failed")
             return [exc] * len(group)

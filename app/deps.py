@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 
-from app.errors import ApiError
+from app.errors import ModelNotReady
 from app.jobs import JobManager
 from app.metrics import Metrics
 from app.model_service import ModelService
@@ -24,10 +24,10 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def model_not_ready(request: Request) -> ApiError:
+def model_not_ready(request: Request) -> ModelNotReady:
     """503 while no model is loaded; Retry-After, as for an unavailable prompt store, paces clients that poll."""
-    return ApiError(503, f"the model is not loaded: {request.app.state.model_error}", code="model_not_ready",
-                    field="weights", headers={"Retry-After": str(MODEL_RETRY_AFTER_S)})
+    return ModelNotReady(f"the model is not loaded: {request.app.state.model_error}", field="weights",
+                         retry_after=MODEL_RETRY_AFTER_S)
 
 
 def get_model(request: Request) -> ModelService:

@@ -1,7 +1,10 @@
-"""Every error leaves as ``{"error": {"code", "message", "field"}}`` with a 4xx (or 503) status.
+"""One error taxonomy: every error leaves as ``{"error": {"code", "message", "field"}}``, its status taken
+from ``STATUS``, the one code -> status table.
 
-A user's mistake is never a 500: the model's and the decoder's ``InputError`` and FastAPI's validation
-errors are mapped here; anything else is a 500 whose body says nothing about the request.
+Errors are raised where they are found and know nothing of HTTP: the decoders' and the model's
+``InputError`` (``data/errors.py``), the service's own ``ApiError`` and its domain subclasses raised by the
+prompt store, the jobs and the model queue (``PromptNotFound``, ``StoreUnavailable``, ``Busy``...). A
+user's mistake is never a 500; anything else is a 500 whose body says nothing about the request.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from model.errors import InputError
+from data.errors import CodedError, InputError
 
 try:  # newer FastAPI keeps included routers nested in app.routes; this walks them
     from fastapi.routing import iter_route_contexts
@@ -24,64 +27,113 @@ except ImportError:  # older FastAPI: app.routes is already flat
 
 log = logging.getLogger(__name__)
 
-_STATUS_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    409: "conflict",
-    413: "too_large",
-    415: "unsupported_format",
-    422: "invalid_request",
-    429: "busy",
-    503: "not_ready",
-    504: "timeout",
-}
-
-# InputError codes from data.io / model that deserve a more specific status than 400
-_INPUT_STATUS = {
-    "unsupported_format": 415,
-    "unknown_format": 415,
+# every code the service answers with, and its status
+STATUS = {
+    # the request's values (decoders, model, routes)
+    "invalid_input": 400,
+    "conflicting_fields": 400,
+    "bad_request": 400,
     "too_large": 413,
-    "too_many_pixels": 413,
-    "too_many_voxels": 413,
-    "image_too_large": 413,
-    "decompression_bomb": 413,
+    "use_jobs": 413,
+    "prompt_too_large": 413,
+    "unsupported_format": 415,
+    "invalid_request": 422,
+    "invalid_name": 422,
+    "missing_support": 422,
+    "support_count_mismatch": 422,
+    "too_many_support_items": 422,
+    "too_many_labels": 422,
+    # who asks, and what
+    "unauthorized": 401,
+    "not_found": 404,
+    "prompt_not_found": 404,
+    "job_not_found": 404,
+    "method_not_allowed": 405,
+    "prompt_stale": 409,
+    "job_queued": 409,
+    "job_running": 409,
+    "job_failed": 409,
+    "job_cancelled": 409,
+    # the server's state
+    "busy": 429,
+    "internal": 500,
+    "model_not_ready": 503,
+    "store_unavailable": 503,
+    "timeout": 504,
 }
 
+# the framework's own errors come with a status only (no route raised them)
+_FRAMEWORK_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                    422: "invalid_request"}
 
-class ApiError(StarletteHTTPException):
-    """An error the service answers on purpose.
 
-    It subclasses Starlette's HTTPException so that FastAPI re-raises it untouched when it happens while
-    a request body is parsed.
-    """
+def status_of(exc: CodedError) -> int:
+    """The HTTP status of a coded error: its code's, else 400 for the caller's input and 500 for the rest."""
+    return STATUS.get(exc.code, 400 if isinstance(exc, InputError) else 500)
 
-    def __init__(self, status: int, message: str, *, code: str | None = None, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(status_code=status, detail=message, headers=headers)
-        self.code = code or _STATUS_CODES.get(status, "error")
-        self.message = message
-        self.field = field
+
+class ApiError(CodedError):
+    """An error the service answers on purpose: a code from ``STATUS``, a message that says what to change,
+    the field, and for 429/503 the seconds after which to retry (the Retry-After header)."""
+
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None, *, code: str | None = None,
+                 retry_after: int | None = None):
+        super().__init__(message, field, code=code)
+        self.retry_after = retry_after
+
+    @property
+    def status_code(self) -> int:
+        return status_of(self)
+
+
+class PromptNotFound(ApiError):
+    code = "prompt_not_found"
+
+
+class PromptStale(ApiError):
+    """The prompt was prepared for a network of another size."""
+
+    code = "prompt_stale"
+
+
+class PromptTooLarge(ApiError):
+    code = "prompt_too_large"
+
+
+class StoreUnavailable(ApiError):
+    code = "store_unavailable"
+
+
+class JobNotFound(ApiError):
+    code = "job_not_found"
+
+
+class Busy(ApiError):
+    """A queue (the model's, the jobs') is full."""
+
+    code = "busy"
+
+
+class ModelNotReady(ApiError):
+    code = "model_not_ready"
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict:
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+def error_response(code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None,
+                   status: int | None = None) -> JSONResponse:
+    """The error JSON with the code's status (``status`` only for the framework's own errors)."""
+    return JSONResponse(error_body(code, message, field), status_code=status or STATUS[code], headers=headers)
 
 
-def input_error_status(exc: InputError) -> int:
-    """400 for bad values; 413/415 when the decoder says the file is too large or of an unknown format."""
-    status = getattr(exc, "status", None)
-    if isinstance(status, int) and 400 <= status < 500:
-        return status
-    return _INPUT_STATUS.get(getattr(exc, "code", ""), 400)
+def coded_response(exc: CodedError) -> JSONResponse:
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return error_response(exc.code, exc.message, exc.field, headers, status=status_of(exc))
 
 
 def _field_from_loc(loc: tuple) -> str | None:
@@ -95,12 +147,13 @@ def _field_from_loc(loc: tuple) -> str | None:
     return field
 
 
-# Starlette's multipart limits (app.main sets them) raise a plain 400; these get the documented answers
+# Starlette's multipart limits (app.main sets them) raise a plain 400 whose text is all that tells them
+# apart (Starlette's wording, not ours); these get the documented answers
 _FORM_LIMITS = (
-    ("Too many files", 422, "too_many_support_items", "support_images",
+    ("Too many files", "too_many_support_items", "support_images",
      "the form holds more files than a support set of ICSEG_MAX_SUPPORT pairs and a query; send fewer"),
-    ("Too many fields", 422, "invalid_request", None, "the form holds too many fields; send only the documented ones"),
-    ("exceeded maximum size", 413, "too_large", None,
+    ("Too many fields", "invalid_request", None, "the form holds too many fields; send only the documented ones"),
+    ("exceeded maximum size", "too_large", None,
      "a text field of the form exceeds 1 MB (e.g. label_names); send it shorter"),
 )
 
@@ -114,16 +167,14 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
-async def _api_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    if isinstance(exc, ApiError):
-        return error_response(exc.status_code, exc.code, exc.message, exc.field, exc.headers)
-    code = _STATUS_CODES.get(exc.status_code, "error")
+async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = _FRAMEWORK_CODES.get(exc.status_code, "error")
     message = str(exc.detail) if exc.detail else code.replace("_", " ")
     headers = exc.headers
     if exc.status_code == 400:
-        for hint, status, limit_code, field, limit_message in _FORM_LIMITS:
+        for hint, limit_code, field, limit_message in _FORM_LIMITS:
             if hint in message:
-                return error_response(status, limit_code, f"{limit_message} ({message})", field)
+                return error_response(limit_code, f"{limit_message} ({message})", field)
     if exc.status_code == 400 and "parsing the body" in message:
         message = "the request body is not a valid multipart form; send files with -F name=@file"
     if exc.status_code == 404 and message == "Not Found":
@@ -131,11 +182,11 @@ async def _api_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     if exc.status_code == 405 and (allowed := _allowed_methods(request)):
         headers = {**(headers or {}), "Allow": allowed}
         message = f"{request.method} is not allowed here; allowed: {allowed}"
-    return error_response(exc.status_code, code, message, None, headers)
+    return error_response(code, message, None, headers, status=exc.status_code)
 
 
-async def _input_error(request: Request, exc: InputError) -> JSONResponse:
-    return error_response(input_error_status(exc), getattr(exc, "code", "invalid_input"), exc.message, exc.field)
+async def _coded_error(request: Request, exc: CodedError) -> JSONResponse:
+    return coded_response(exc)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -146,18 +197,18 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     for err in errors[:5]:
         where = _field_from_loc(tuple(err.get("loc", ()))) or "request"
         messages.append(f"{where}: {err.get('msg', 'invalid')}")
-    return error_response(422, "invalid_request", "; ".join(messages) or "invalid request", field)
+    return error_response("invalid_request", "; ".join(messages) or "invalid request", field)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # the traceback goes to the log (no request content in it); the body says nothing about internals
     request_id = request.scope.get("icseg.request_id", "")
     log.exception("unhandled error request_id=%s", request_id)
-    return error_response(500, "internal", f"internal error; quote request id {request_id} when reporting it")
+    return error_response("internal", f"internal error; quote request id {request_id} when reporting it")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(StarletteHTTPException, _api_error)
-    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(StarletteHTTPException, _framework_error)
+    app.add_exception_handler(CodedError, _coded_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -23,9 +22,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.errors import ApiError
+from app.errors import Busy, JobNotFound
 from app.metrics import Metrics
-from model.errors import IcsegError
+from data.errors import CodedError
+from data.io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +102,12 @@ class JobManager:
         """Mirror the job's state to disk (atomic rename); a deleted job is not written back."""
         state = {**job.to_dict(), "result_file": job.result_path.name if job.result_path else None,
                  "media_type": job.media_type, "extension": job.extension}
-        path = self._state_path(job.id)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         with self._lock:
             if job.id not in self._jobs:
                 return
             try:
-                tmp.write_text(json.dumps(state))
-                os.replace(tmp, path)
+                write_atomic(self._state_path(job.id), json.dumps(state).encode())
             except OSError:
-                tmp.unlink(missing_ok=True)
                 log.warning("could not record the state of a job on disk", exc_info=True)
 
     def _forget_files(self, job: Job) -> None:
@@ -160,9 +156,9 @@ class JobManager:
         ahead = max(1, self._active - self.workers + 1)
         return int(min(3600, max(1, math.ceil(mean * ahead / self.workers))))
 
-    def _busy(self) -> ApiError:
-        return ApiError(429, f"{self._active} jobs are queued or running, the most this server takes; retry later",
-                        code="busy", headers={"Retry-After": str(self.retry_after())})
+    def _busy(self) -> Busy:
+        return Busy(f"{self._active} jobs are queued or running, the most this server takes; retry later",
+                    retry_after=self.retry_after())
 
     def ensure_room(self) -> None:
         """429 before the upload is decoded when no slot is free (``submit`` checks again)."""
@@ -198,10 +194,7 @@ class JobManager:
             payload, media_type, extension = work(progress)
             if job.cancel_event.is_set():
                 raise JobCancelled
-            path = self.dir / f"{job.id}{extension}"
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(payload)
-            os.replace(tmp, path)
+            path = write_atomic(self.dir / f"{job.id}{extension}", payload)
             job.result_path, job.media_type, job.extension = path, media_type, extension
             job.done = job.total
             job.status = "done"
@@ -212,10 +205,7 @@ class JobManager:
                              "submit it again", "field": None}
             else:
                 job.status = "cancelled"
-        except IcsegError as exc:  # the user's input, found out while running
-            job.status = "failed"
-            job.error = {"code": exc.code, "message": exc.message, "field": exc.field}
-        except ApiError as exc:
+        except CodedError as exc:  # the user's input, found out while running
             job.status = "failed"
             job.error = {"code": exc.code, "message": exc.message, "field": exc.field}
         except Exception:  # noqa: BLE001 - reported on the job; details only in the log
@@ -241,8 +231,7 @@ class JobManager:
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None or (job.expires_at is not None and time.time() >= job.expires_at):
-            raise ApiError(404, f"no job with id {job_id!r} (unknown, deleted or expired)", code="job_not_found",
-                           field="job_id")
+            raise JobNotFound(f"no job with id {job_id!r} (unknown, deleted or expired)", field="job_id")
         return job
 
     def delete(self, job_id: str) -> Job:

@@ -15,7 +15,8 @@ from app.jobs import JobManager
 from app.metrics import Metrics
 from app.middleware import RequestContext
 from app.model_service import ModelService
-from app.prompts import Prompts, make_store
+from app.prompt_store import make_store
+from app.prompts import Prompts
 from app.routes import health, info, jobs, prompts, segment, viewer
 from app.routes import metrics as metrics_route
 from app.settings import Settings

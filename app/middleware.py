@@ -16,9 +16,10 @@ import time
 import uuid
 
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import ApiError, error_response
+from app.errors import Busy, coded_response, error_response
 from app.metrics import Metrics
 from app.settings import Settings
 
@@ -65,11 +66,11 @@ class RequestContext:
         if keys and path not in self.public and not path.startswith("/static/") and scope["method"] != "OPTIONS":
             scheme, _, token = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not key_matches(token.strip(), keys):
-                return error_response(401, "unauthorized", "send a valid API key as `Authorization: Bearer <key>`",
+                return error_response("unauthorized", "send a valid API key as `Authorization: Bearer <key>`",
                                       "Authorization", headers={"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.settings.max_upload_bytes:
-            return error_response(413, "too_large", f"the request body is {int(length):,} bytes, above the limit of "
+            return error_response("too_large", f"the request body is {int(length):,} bytes, above the limit of "
                                   f"{self.settings.max_upload_bytes:,} (ICSEG_MAX_UPLOAD_MB)", None)
         if scope["method"] == "POST" and path == "/segment":
             # a full model queue is answered here, before the form is parsed: a fast 429, not a timeout
@@ -77,8 +78,8 @@ class RequestContext:
             try:
                 if model is not None:
                     model.ensure_room()
-            except ApiError as busy:
-                return error_response(busy.status_code, busy.code, busy.message, busy.field, busy.headers)
+            except Busy as busy:
+                return coded_response(busy)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,9 +109,9 @@ class RequestContext:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    # an HTTPException: FastAPI re-raises it from body parsing, the handlers make it JSON
-                    raise ApiError(413, f"the request body exceeds {limit:,} bytes (ICSEG_MAX_UPLOAD_MB)",
-                                   code="too_large")
+                    # Starlette's HTTPException: FastAPI re-raises it from body parsing (anything else would
+                    # become "error parsing the body"), app.errors answers it as too_large
+                    raise HTTPException(413, f"the request body exceeds {limit:,} bytes (ICSEG_MAX_UPLOAD_MB)")
             return message
 
         try:

@@ -81,7 +81,7 @@ def start_server(weights: Path | None, data_dir: Path, device: str, log_path: Pa
     if weights is not None:
         env["ICSEG_WEIGHTS"] = str(weights)
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "--log-level", "WARNING", "serve", "--host",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "--log-level", "WARNING", "serve", "--host",
                              "127.0.0.1", "--port", str(port)], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

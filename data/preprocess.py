@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.errors import InputError
+from data.errors import InputError
 
 # ITU-R BT.601 luma weights: RGB photographs (endoscopy, dermoscopy, histology) become one channel
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -70,9 +70,13 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def prepare_image(
     image: np.ndarray, size: int, field: str, clip_percentiles: tuple[float, float] | None = None
 ) -> torch.Tensor:
-    """Any 2D image -> (size, size) float32 tensor in [0, 1]."""
-    gray = normalize(to_gray(image, field), clip_percentiles)
-    return resize(torch.from_numpy(gray), (size, size)).clamp_(0, 1)
+    """Any 2D image -> (N, N) float32 tensor in [0, 1], N = ``size``."""
+    return prepare_gray(to_gray(image, field), size, clip_percentiles)
+
+
+def prepare_gray(gray: np.ndarray, size: int, clip_percentiles: tuple[float, float] | None = None) -> torch.Tensor:
+    """A ``to_gray`` image (H, W) float32 -> (N, N) float32 tensor in [0, 1], N = ``size``."""
+    return resize(torch.from_numpy(normalize(gray, clip_percentiles)), (size, size)).clamp_(0, 1)
 
 
 def label_values(mask: np.ndarray) -> list[int]:
@@ -109,6 +113,6 @@ def check_mask(mask: np.ndarray, image_shape: tuple[int, int], field: str) -> np
 
 
 def prepare_mask(mask: np.ndarray, labels: list[int], size: int) -> torch.Tensor:
-    """Label map -> (K, size, size) float32 in [0, 1], one soft binary mask per label (antialiased resize)."""
+    """Label map (H, W) -> (K, N, N) float32 in [0, 1], one soft binary mask per label (antialiased resize)."""
     binary = torch.from_numpy(np.stack([mask == v for v in labels]).astype(np.float32))
     return resize(binary, (size, size)).clamp_(0, 1)

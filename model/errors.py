@@ -1,26 +1,14 @@
-"""Typed errors of the model package. Each names the field to change."""
+"""Typed errors of the model package. ``CodedError`` and ``InputError`` live on the ground floor
+(``data/errors.py``) and are re-exported here; ``WeightsError`` is the model's own."""
 
 from __future__ import annotations
 
+from data.errors import CodedError, InputError
 
-class IcsegError(Exception):
-    """Base class; ``code`` is a stable machine-readable string, ``field`` the input to change."""
-
-    code = "icseg_error"
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
+__all__ = ["CodedError", "InputError", "WeightsError"]
 
 
-class InputError(IcsegError, ValueError):
-    """The caller's input cannot be segmented as given (shape, count, values)."""
-
-    code = "invalid_input"
-
-
-class WeightsError(IcsegError, RuntimeError):
-    """Weights are missing or do not match the network."""
+class WeightsError(CodedError, RuntimeError):
+    """Weights are missing or do not match the network; the message says what to set."""
 
     code = "weights_error"

@@ -1,6 +1,7 @@
-"""The numpy door into inference: any image size, RGB, label-map masks, 3D volumes slice by slice.
+"""The numpy door into inference: any image size, RGB, label-map masks, 3D volumes slice by slice; and the
+torch door, ``predict_torch``, for prepared tensors.
 
-Letters: K labels, S support items, N the network side, H x W the query's size.
+Letters: B queries, S support items, K labels, N the network side, H x W the query's size, D slices.
 """
 
 from __future__ import annotations
@@ -8,49 +9,24 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from data.preprocess import check_mask, label_values, normalize, prepare_image, prepare_mask, resize, to_gray
-from model.errors import InputError
-from model.network import UniverSegNet
+from data.errors import InputError
+from data.preprocess import prepare_gray, resize, to_gray
+from model import volume as volumes
+from model.network import UniverSegNet, count_parameters
+from model.support import PreparedSupport, merge_labels, prepare_support
+from model.volume import VolumeSupport
 from model.weights import load_model
+
+__all__ = ["PreparedSupport", "Segmenter", "VolumeSupport", "merge_labels"]
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-
-
-@dataclass
-class PreparedSupport:
-    """A support set after normalisation and resizing: what a stored prompt keeps.
-
-    Attributes:
-        images: (S, N, N) float32 in [0, 1].
-        masks: (K, S, N, N) float32 in [0, 1], one soft binary mask per label.
-        labels: the K label values, ascending.
-    """
-
-    images: torch.Tensor
-    masks: torch.Tensor
-    labels: tuple[int, ...]
-
-    @property
-    def size(self) -> int:
-        return int(self.images.shape[0])
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"images": self.images.numpy(), "masks": self.masks.numpy(), "labels": np.array(self.labels)}
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> PreparedSupport:
-        return cls(
-            torch.from_numpy(np.asarray(arrays["images"], dtype=np.float32)),
-            torch.from_numpy(np.asarray(arrays["masks"], dtype=np.float32)),
-            tuple(int(v) for v in arrays["labels"]),
-        )
 
 
 class Segmenter:
@@ -60,6 +36,7 @@ class Segmenter:
         net: the network (eval mode).
         device: where to run it; defaults to the network's device.
         max_support: the largest support set accepted (defaults to the network config's).
+        max_labels: the most distinct labels a support set may hold (None: no limit); each label is a pass.
         clip_percentiles: clip intensities to these percentiles before min-max (e.g. (0.5, 99.5) for CT/MR);
             None for plain min-max.
         max_batch_items: queries x support items per forward pass; bounds memory.
@@ -74,12 +51,14 @@ class Segmenter:
         clip_percentiles: tuple[float, float] | None = None,
         max_batch_items: int = 256,
         seed: int = 0,
+        max_labels: int | None = None,
     ):
         self.net = net.eval()
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.net.to(self.device)
         self.size = net.config.size
         self.max_support = max_support or net.config.max_support
+        self.max_labels = max_labels
         self.clip_percentiles = clip_percentiles
         self.max_batch_items = max_batch_items
         self.seed = seed
@@ -89,45 +68,51 @@ class Segmenter:
         """Load local weights (None: the embedded default model) and wrap them."""
         return cls(load_model(path, device=device), **kwargs)
 
+    def info(self) -> dict:
+        """What runs: model name, parameter count, weights (file name, source, licence), network shape,
+        the support limit and the device. The service reports it without touching the network."""
+        cfg = self.net.config
+        weights = dict(getattr(self.net, "weights_info", {}))
+        return {
+            "model": cfg.name,
+            "parameters": count_parameters(self.net),
+            # the file name, not the directory layout of the machine
+            "weights": {"file": Path(weights["path"]).name if weights.get("path") else None,
+                        "source": weights.get("source"), "licence": weights.get("licence")},
+            "network": {"size": cfg.size, "encoder_features": list(cfg.encoder_features),
+                        "decoder_features": list(cfg.decoder_features)},
+            "max_support": self.max_support,
+            "device": str(self.device),
+        }
+
     # -- support sets ------------------------------------------------------------------------------------
 
     def prepare_support(
         self, support_images: Sequence[np.ndarray], support_masks: Sequence[np.ndarray]
     ) -> PreparedSupport:
-        """Validate, normalise and resize a support set once.
+        """Validate, normalise and resize a 2D support set once.
 
         Args:
             support_images: S 2D images (H_i, W_i) or (H_i, W_i, 3), any dtype; sizes may differ.
             support_masks: S label maps (H_i, W_i), 0 background and 1..K structures.
 
         Raises:
-            InputError: no items, count mismatch, size mismatch, bad values, too many items, no foreground.
+            InputError: no items, count mismatch, too many items or labels (each with its code); size
+                mismatch, bad values, no foreground.
         """
-        if support_images is None or support_masks is None or len(support_images) == 0:
-            raise InputError("the support set is empty: give at least one image/mask pair", field="support_images")
-        if len(support_images) != len(support_masks):
-            raise InputError(
-                f"{len(support_images)} support images but {len(support_masks)} support masks; pair them one to one",
-                field="support_masks",
-            )
-        if len(support_images) > self.max_support:
-            raise InputError(
-                f"{len(support_images)} support items exceed the maximum of {self.max_support}; send fewer",
-                field="support_images",
-            )
-        grays, masks = [], []
-        for i, (image, mask) in enumerate(zip(support_images, support_masks)):
-            gray = to_gray(image, field=f"support_images[{i}]")
-            masks.append(check_mask(mask, gray.shape, field=f"support_masks[{i}]"))
-            grays.append(gray)
-        labels = sorted(set().union(*(label_values(m) for m in masks)))
-        if not labels:
-            raise InputError(
-                "no support mask has any foreground: label the structure (values 1..K)", field="support_masks"
-            )
-        images = torch.stack([prepare_image(g, self.size, "support_images", self.clip_percentiles) for g in grays])
-        per_item = torch.stack([prepare_mask(m, labels, self.size) for m in masks])  # (S, K, N, N)
-        return PreparedSupport(images, per_item.transpose(0, 1).contiguous(), tuple(labels))
+        return prepare_support(support_images, support_masks, size=self.size, max_support=self.max_support,
+                               max_labels=self.max_labels, clip_percentiles=self.clip_percentiles)
+
+    def prepare_volume_support(
+        self, support_volumes: Sequence[np.ndarray], support_masks: Sequence[np.ndarray], axis: int = 2
+    ) -> VolumeSupport:
+        """Check, normalise and index 3D support pairs once, for ``predict_volume`` along ``axis``.
+
+        Args:
+            support_volumes: S volumes (H_i, W_i, D_i), any dtype.
+            support_masks: S label maps, each the shape of its volume.
+        """
+        return volumes.prepare_volume_support(self, support_volumes, support_masks, axis)
 
     # -- 2D ----------------------------------------------------------------------------------------------
 
@@ -149,10 +134,10 @@ class Segmenter:
             ensemble: average over this many random subsets of the support set.
 
         Returns:
-            (K, H, W) float32 in [0, 1], in the order of ``support.labels`` (ascending label values).
+            probs: (K, H, W) float32 in [0, 1], in the order of ``support.labels`` (ascending label values).
         """
         support = support or self.prepare_support(support_images, support_masks)
-        return self._predict_batch([query], support, ensemble)[0]
+        return self.predict_many([query], support, ensemble=ensemble)[0]
 
     def predict(
         self,
@@ -167,7 +152,7 @@ class Segmenter:
         """A label map at the query's size with the support set's label values.
 
         Returns:
-            (H, W) uint8 (uint16 when a label exceeds 255); 0 where no label reaches ``threshold``.
+            mask: (H, W) uint8 (uint16 when a label exceeds 255); 0 where no label reaches ``threshold``.
         """
         support = support or self.prepare_support(support_images, support_masks)
         probs = self.predict_proba(query, support=support, ensemble=ensemble)
@@ -181,8 +166,20 @@ class Segmenter:
         ensemble: int = 1,
         progress: ProgressFn | None = None,
     ) -> list[np.ndarray]:
-        """(K, H_i, W_i) probabilities for several queries sharing one support set, batched."""
-        return self._predict_batch(list(queries), support, ensemble, progress)
+        """Probabilities for several queries sharing one support set, batched.
+
+        Returns:
+            One (K, H_i, W_i) float32 array in [0, 1] per query (B in all).
+        """
+        shapes, prepared = [], []
+        for i, q in enumerate(queries):
+            gray = to_gray(q, field="query" if len(queries) == 1 else f"query[{i}]")  # (H_i, W_i)
+            shapes.append(gray.shape)
+            prepared.append(prepare_gray(gray, self.size, self.clip_percentiles))
+        probs = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, progress)
+        # (B, K, N, N) -> per query (K, H_i, W_i); clamp, not clamp_: at the network's own size resize returns
+        # the inference tensor itself, which cannot be changed in place outside inference mode
+        return [resize(p, s).clamp(0, 1).numpy() for p, s in zip(probs, shapes)]
 
     def _subsets(self, n: int, ensemble: int) -> list[torch.Tensor]:
         if ensemble < 1:
@@ -193,27 +190,23 @@ class Segmenter:
         k = max(1, math.ceil(0.75 * n))
         return [torch.randperm(n, generator=gen)[:k].sort().values for _ in range(ensemble)]
 
-    def _predict_batch(
-        self, queries: list[np.ndarray], support: PreparedSupport, ensemble: int, progress: ProgressFn | None = None
-    ) -> list[np.ndarray]:
-        shapes, prepared = [], []
-        for i, q in enumerate(queries):
-            gray = to_gray(q, field="query" if len(queries) == 1 else f"query[{i}]")
-            shapes.append(gray.shape)
-            prepared.append(prepare_image(gray, self.size, "query", self.clip_percentiles))
-        probs = self._run(torch.stack(prepared), [support] * len(prepared), ensemble, progress)  # (Q, K, N, N)
-        # clamp, not clamp_: at the network's own size resize returns the inference tensor itself, which
-        # cannot be changed in place outside inference mode
-        return [resize(p, s).clamp(0, 1).numpy() for p, s in zip(probs, shapes)]
-
     @torch.inference_mode()
-    def _run(
-        self, queries: torch.Tensor, supports: list[PreparedSupport], ensemble: int, progress: ProgressFn | None = None
+    def predict_prepared(
+        self, queries: torch.Tensor, supports: list[PreparedSupport], ensemble: int = 1,
+        progress: ProgressFn | None = None,
     ) -> torch.Tensor:
-        """(Q, N, N) queries, one prepared support per query -> (Q, K, N, N) probabilities.
+        """Prepared queries, one prepared support per query -> probabilities at the network's size.
 
         Every (query, label, ensemble member) is one binary task; tasks are stacked into batches whose
         queries x support items stay under ``max_batch_items``.
+
+        Args:
+            queries: (B, N, N) float32 in [0, 1].
+            supports: B prepared supports with the same K labels.
+            progress: called with (queries done, B).
+
+        Returns:
+            probs: (B, K, N, N) float32 in [0, 1], on the CPU.
         """
         tasks = []  # (query index, label index, support images (S', N, N), support masks (S', N, N))
         for qi, sup in enumerate(supports):
@@ -231,10 +224,10 @@ class Segmenter:
             while stop < len(tasks) and (stop - start + 1) * s <= self.max_batch_items and tasks[stop][2].shape[0] == s:
                 stop += 1
             chunk = tasks[start:stop]
-            q = queries[[t[0] for t in chunk]].unsqueeze(1).to(self.device)  # (B, 1, N, N)
-            si = torch.stack([t[2] for t in chunk]).unsqueeze(2).to(self.device)  # (B, S, 1, N, N)
-            sm = torch.stack([t[3] for t in chunk]).unsqueeze(2).to(self.device)
-            p = torch.sigmoid(self.net(q, si, sm).float()).cpu()[:, 0]  # (B, N, N)
+            q = queries[[t[0] for t in chunk]].unsqueeze(1)  # (B', 1, N, N)
+            si = torch.stack([t[2] for t in chunk]).unsqueeze(2)  # (B', S', 1, N, N)
+            sm = torch.stack([t[3] for t in chunk]).unsqueeze(2)
+            p = self.predict_torch(q, si, sm)[:, 0]  # (B', N, N)
             for (qi, li, _, _), pi in zip(chunk, p):
                 out[qi, li] += pi
                 counts[qi, li] += 1
@@ -247,120 +240,87 @@ class Segmenter:
                     progress(done_queries, len(supports))
         return out / counts.clamp_min(1)
 
+    @torch.inference_mode()
+    def predict_torch(
+        self, query: torch.Tensor, support_images: torch.Tensor, support_masks: torch.Tensor
+    ) -> torch.Tensor:
+        """The torch door: prepared tensors in, probabilities out (no resizing, no label handling).
+
+        Args:
+            query: (B, 1, N, N) float32 in [0, 1].
+            support_images: (B, S, 1, N, N) float32 in [0, 1], or (1, S, 1, N, N) shared by all queries.
+            support_masks: the same shape as support_images, {0, 1} (soft values allowed).
+
+        Returns:
+            probs: (B, 1, N, N) float32 in [0, 1], on the CPU: the sigmoid of the network's logits.
+        """
+        logits = self.net(query.to(self.device), support_images.to(self.device), support_masks.to(self.device))
+        return torch.sigmoid(logits.float()).cpu()
+
     # -- 3D ----------------------------------------------------------------------------------------------
 
     def predict_volume(
         self,
         query_volume: np.ndarray,
-        support_volumes: Sequence[np.ndarray],
-        support_masks: Sequence[np.ndarray],
+        support_volumes: Sequence[np.ndarray] | None = None,
+        support_masks: Sequence[np.ndarray] | None = None,
         *,
+        support: PreparedSupport | VolumeSupport | None = None,
         axis: int = 2,
         slices_per_volume: int | None = None,
         ensemble: int = 1,
         threshold: float = 0.5,
         progress: ProgressFn | None = None,
     ) -> np.ndarray:
-        """Segment a 3D volume slice by slice with position-matched support slices.
+        """Segment a 3D volume slice by slice along ``axis``.
 
-        For each query slice at relative position p along ``axis``, each support volume gives the
-        ``slices_per_volume`` slices nearest to p that contain the label (per label).
+        With 3D support volumes, each query slice at relative depth p is segmented with the
+        ``slices_per_volume`` slices of each support volume nearest to p that hold the label (per label).
+        With a 2D support set (a ``PreparedSupport``, e.g. a stored prompt), every slice is segmented with it.
 
         Args:
-            query_volume: (X, Y, Z) any dtype.
-            support_volumes, support_masks: lists of 3D volumes and label maps, each pair the same shape.
+            query_volume: (H, W, D) any dtype.
+            support_volumes, support_masks: 3D volumes and their label maps, each pair the same shape; or
+            support: a ``VolumeSupport`` (``prepare_volume_support``) or a 2D ``PreparedSupport``.
             axis: the slicing axis (0, 1 or 2; 2 is axial for RAS NIfTI).
             slices_per_volume: support slices drawn per volume and label; default fills ``max_support``.
-            progress: called with (slices done, total slices).
+            progress: called with (slices done, total slices); it may raise to cancel.
 
         Returns:
-            Label map with the query volume's shape (uint8, or uint16 for labels above 255).
+            mask: the query volume's shape, uint8 (uint16 for labels above 255).
         """
         query_volume = np.asarray(query_volume)
         if query_volume.ndim != 3:
             raise InputError(f"query_volume must be 3D, got shape {query_volume.shape}", field="query")
-        if axis not in (0, 1, 2):
-            raise InputError(f"axis must be 0, 1 or 2, got {axis}", field="axis")
-        if not support_volumes or len(support_volumes) != len(support_masks):
-            raise InputError("give as many support volumes as support masks (at least one)", field="support_masks")
-        vols, masks = [], []
-        for i, (v, m) in enumerate(zip(support_volumes, support_masks)):
-            v, m = np.asarray(v), np.asarray(m)
-            if v.ndim != 3 or v.shape != m.shape:
-                raise InputError(
-                    f"support volume {i} and its mask must be 3D and the same shape", field="support_masks"
-                )
-            vols.append(np.moveaxis(v, axis, 0))
-            masks.append(np.moveaxis(m, axis, 0).astype(np.int64))
-        labels = sorted(set().union(*(label_values(m) for m in masks)))
-        if not labels:
-            raise InputError("no support mask has any foreground", field="support_masks")
-        per_volume = slices_per_volume or max(1, self.max_support // len(vols))
-        if per_volume * len(vols) > self.max_support:
-            raise InputError(
-                f"{per_volume * len(vols)} support slices exceed {self.max_support}", field="slices_per_volume"
-            )
-        query = np.moveaxis(query_volume, axis, 0)
-        depth = query.shape[0]
-        # the whole volume is normalised together so that slices keep their relative intensities
-        qnorm = _normalize_volume(query, self.clip_percentiles)
-        snorm = [_normalize_volume(v, self.clip_percentiles, f"support_images[{i}]") for i, v in enumerate(vols)]
-        present = [[np.flatnonzero((m == lab).any(axis=(1, 2))) for lab in labels] for m in masks]
-        out_probs = np.zeros((len(labels), *query.shape), dtype=np.float32)
-        batch = max(1, self.max_batch_items // (per_volume * len(vols) * len(labels) * ensemble))
-        for start in range(0, depth, batch):
-            idx = range(start, min(depth, start + batch))
-            q = torch.stack([resize(torch.from_numpy(qnorm[i]), (self.size, self.size)) for i in idx])
-            supports = [
-                self._matched_support(i / max(1, depth - 1), snorm, masks, present, labels, per_volume) for i in idx
-            ]
-            probs = self._run_per_label(q, supports, ensemble)  # (b, K, N, N)
-            for j, i in enumerate(idx):
-                out_probs[:, i] = resize(probs[j], query.shape[1:]).clamp(0, 1).numpy()  # not in place: see above
-            if progress is not None:
-                progress(idx[-1] + 1, depth)
-        mask = merge_labels(out_probs, tuple(labels), threshold)
-        return np.moveaxis(mask, 0, axis)
+        volumes.check_axis(axis)
+        if support is None:
+            support = self.prepare_volume_support(support_volumes, support_masks, axis)
+        return volumes.predict_volume(self, query_volume, support, axis=axis, slices_per_volume=slices_per_volume,
+                                      ensemble=ensemble, threshold=threshold, progress=progress)
 
-    def _matched_support(self, pos, vols, masks, present, labels, per_volume) -> list[PreparedSupport]:
-        """One PreparedSupport per label: the slices nearest to relative position ``pos`` holding the label."""
+
+def predict_each(
+    predict_many: Callable[[list], list], queries: list, retry_on: type[Exception] | tuple = InputError
+) -> list:
+    """One batched call for ``queries``; when it fails with ``retry_on``, each query alone, so that only a
+    bad query fails (the micro-batcher, ``icseg batch``).
+
+    Args:
+        predict_many: queries -> one result per query (e.g. ``Segmenter.predict_many`` with a support bound).
+        retry_on: the errors of the batched call that may come from one query; others are raised.
+
+    Returns:
+        One result, or the exception that query raised alone, per query.
+    """
+    try:
+        return list(predict_many(queries))
+    except retry_on as exc:
+        if len(queries) == 1:
+            return [exc]
         out = []
-        for li, lab in enumerate(labels):
-            imgs, msks = [], []
-            for v, m, pres in zip(vols, masks, present):
-                candidates = pres[li]
-                if candidates.size == 0:
-                    continue
-                target = pos * (v.shape[0] - 1)
-                chosen = candidates[np.argsort(np.abs(candidates - target), kind="stable")[:per_volume]]
-                for c in chosen:
-                    imgs.append(resize(torch.from_numpy(v[c]), (self.size, self.size)))
-                    msks.append(prepare_mask(m[c], [lab], self.size)[0])
-            out.append(PreparedSupport(torch.stack(imgs), torch.stack(msks)[None], (lab,)))
+        for query in queries:
+            try:
+                out.append(predict_many([query])[0])
+            except Exception as single:  # noqa: BLE001 - handed to that query's caller
+                out.append(single)
         return out
-
-    def _run_per_label(
-        self, queries: torch.Tensor, supports: list[list[PreparedSupport]], ensemble: int
-    ) -> torch.Tensor:
-        n_labels = len(supports[0])
-        flat_q = queries.repeat_interleave(n_labels, dim=0)
-        flat_s = [sup for per_query in supports for sup in per_query]
-        probs = self._run(flat_q, flat_s, ensemble)  # (b * K, 1, N, N)
-        return probs[:, 0].unflatten(0, (len(supports), n_labels))
-
-
-def _normalize_volume(volume: np.ndarray, clip_percentiles, field: str = "query") -> np.ndarray:
-    volume = volume.astype(np.float32)
-    if not np.isfinite(volume).all():
-        raise InputError(f"{field} has NaN or infinite voxels; replace them before segmenting", field=field)
-    return normalize(volume, clip_percentiles)
-
-
-def merge_labels(probs: np.ndarray, labels: Sequence[int], threshold: float) -> np.ndarray:
-    """(K, ...) probabilities -> label map: the most probable label where it reaches ``threshold``, else 0."""
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold must be in [0, 1], got {threshold}", field="threshold")
-    dtype = np.uint8 if max(labels) <= 255 else np.uint16
-    best = probs.argmax(axis=0)
-    values = np.asarray(labels, dtype=dtype)[best]
-    return np.where(probs.max(axis=0) >= threshold, values, 0).astype(dtype)

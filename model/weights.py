@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
+from data.io import write_atomic
 from model.config import NetworkConfig, universeg_v1_config
 from model.errors import WeightsError
 from model.network import UniverSegNet, build_network
@@ -35,17 +36,13 @@ OFFICIAL_CARD = {"source": "UniverSeg v1 official checkpoint", "licence": "see t
 
 
 def save_checkpoint(net: UniverSegNet, path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Write weights and config to one ``.safetensors`` file, atomically (write then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write weights and config to one ``.safetensors`` file, atomically (``data.io.write_atomic``)."""
     meta = {"config": net.config.to_json(), "format": "icseg"}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     tensors = {
         k: v.detach().to("cpu", memory_format=torch.contiguous_format).contiguous() for k, v in net.state_dict().items()
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_atomic(path, safetensors_bytes(tensors, metadata=meta))
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

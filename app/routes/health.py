@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import PromptsDep, model_not_ready
-from app.errors import ApiError, error_response
+from app.errors import ApiError, coded_response
 from app.schemas import Health, error_responses
 
 router = APIRouter(tags=["operations"])
@@ -26,5 +26,5 @@ async def readyz(request: Request, prompts: PromptsDep) -> dict | JSONResponse:
             raise model_not_ready(request)
         await run_in_threadpool(prompts.store.ping)
     except ApiError as exc:
-        return error_response(503, exc.code, exc.message, exc.field, exc.headers)
+        return coded_response(exc)
     return {"status": "ready"}

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from app.deps import AUTH, JobsDep, ModelDep, PromptsDep, SettingsDep
-from app.errors import ApiError
+from app.errors import ApiError, JobNotFound
 from app.pipeline import SegmentForm, build_task, encode, run_blocking, segment_form
 from app.schemas import MASK_CONTENT, JobInfo, error_responses
 
@@ -28,8 +28,8 @@ async def create_job(
     """Same fields as /segment. The inputs are checked before the 202, so a job fails later only on the
     server's side. Poll GET /jobs/{id}; fetch GET /jobs/{id}/result when its status is done."""
     if form.output == "probs":
-        raise ApiError(400, "jobs return the mask file; output=probs is for /segment", code="invalid_input",
-                       field="output")
+        raise ApiError("jobs return the mask file; output=probs is for /segment", field="output",
+                       code="invalid_input")
     jobs.ensure_room()
     task = await build_task(form, model, prompts, settings)
 
@@ -55,12 +55,12 @@ async def job_result(job_id: str, jobs: JobsDep) -> Response:
     job = jobs.get(job_id)
     if job.status != "done":
         detail = f": {job.error['message']}" if job.error else ""
-        raise ApiError(409, f"job {job_id} is {job.status}{detail}", code=f"job_{job.status}",
-                       headers={"Retry-After": "1"} if not job.finished else None)
+        raise ApiError(f"job {job_id} is {job.status}{detail}", code=f"job_{job.status}",
+                       retry_after=None if job.finished else 1)
     try:
         payload = job.result_path.read_bytes()
     except FileNotFoundError as exc:  # expired between get and read
-        raise ApiError(404, f"the result of job {job_id} has expired", code="job_not_found") from exc
+        raise JobNotFound(f"the result of job {job_id} has expired") from exc
     headers = {"Content-Disposition": f'attachment; filename="mask{job.extension}"'}
     if job.labels is not None:  # as /segment's binary answer: the label values the mask can hold
         headers["X-Labels"] = ",".join(map(str, job.labels))

@@ -12,9 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import AUTH, MetricsDep, ModelDep, PromptsDep, SettingsDep
 from app.errors import ApiError
-from app.inputs import decode_image, decode_mask, read_upload
-from app.pipeline import as_2d, check_labels, check_support_counts
-from app.prompts import PromptRecord
+from app.pipeline import decode_support, read_uploads
+from app.prompt_store import PromptRecord
 from app.schemas import PromptInfo, PromptList, error_responses
 
 router = APIRouter(prefix="/prompts", tags=["prompts"], dependencies=AUTH)
@@ -26,8 +25,8 @@ _NAME = re.compile(r"^[\w][\w .,:()+\-]{0,99}$")
 def _check_name(value: str, field: str) -> str:
     value = value.strip()
     if not _NAME.fullmatch(value) or ".." in value:
-        raise ApiError(422, f"{field} must be 1-100 letters, digits, spaces or . , : ( ) + - _ (no '..', no "
-                       "slashes)", code="invalid_name", field=field)
+        raise ApiError(f"{field} must be 1-100 letters, digits, spaces or . , : ( ) + - _ (no '..', no slashes)",
+                       field=field, code="invalid_name")
     return value
 
 
@@ -37,18 +36,18 @@ def _label_names(raw: str | None, labels: tuple[int, ...]) -> dict[str, str]:
     try:
         parsed = json.loads(raw)
     except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting like [[[[...]]]]
-        raise ApiError(422, 'label_names must be a JSON object such as {"1": "liver", "2": "spleen"}',
-                       code="invalid_request", field="label_names") from exc
+        raise ApiError('label_names must be a JSON object such as {"1": "liver", "2": "spleen"}',
+                       field="label_names", code="invalid_request") from exc
     if not isinstance(parsed, dict):
-        raise ApiError(422, 'label_names must be a JSON object such as {"1": "liver"}', code="invalid_request",
-                       field="label_names")
+        raise ApiError('label_names must be a JSON object such as {"1": "liver"}', field="label_names",
+                       code="invalid_request")
     names = {}
     for key, value in parsed.items():
         if not str(key).isdigit() or int(key) not in labels:
-            raise ApiError(400, f"label_names has label {key!r}, which no support mask holds (labels: "
-                           f"{list(labels)})", code="invalid_input", field="label_names")
+            raise ApiError(f"label_names has label {key!r}, which no support mask holds (labels: {list(labels)})",
+                           field="label_names", code="invalid_input")
         if not isinstance(value, str):
-            raise ApiError(422, "label_names values must be strings", code="invalid_request", field="label_names")
+            raise ApiError("label_names values must be strings", field="label_names", code="invalid_request")
         names[str(int(key))] = _check_name(value, f"label_names.{key}")
     return names
 
@@ -70,19 +69,12 @@ async def create_prompt(
     label_names: Annotated[str | None, Form(description='JSON object label -> name, e.g. {"1": "liver"}')] = None,
 ) -> JSONResponse:
     """The support set is normalised and resized once, here; /segment with the returned id skips that work."""
-    check_support_counts(len(support_images), len(support_masks), model.max_support)
     if name:
         name = _check_name(name, "name")
-    image_bytes = [await read_upload(f, f"support_images[{i}]") for i, f in enumerate(support_images)]
-    mask_bytes = [await read_upload(f, f"support_masks[{i}]") for i, f in enumerate(support_masks)]
+    image_bytes, mask_bytes = await read_uploads(support_images), await read_uploads(support_masks)
 
     def prepare():
-        images = [as_2d(decode_image(b, f"support_images[{i}]", settings), f"support_images[{i}]")
-                  for i, b in enumerate(image_bytes)]
-        masks = [as_2d(decode_mask(b, f"support_masks[{i}]", settings), f"support_masks[{i}]")
-                 for i, b in enumerate(mask_bytes)]
-        check_labels(masks, settings.max_labels)
-        return model.prepare_support(images, masks)
+        return model.prepare_support(decode_support(image_bytes, mask_bytes, settings, volumes=False))
 
     support = await run_in_threadpool(prepare)
     names = _label_names(label_names, support.labels)

@@ -34,7 +34,7 @@ class AsyncClient(BaseClient):
 
     Example:
         >>> async with AsyncClient("http://localhost:8000") as client:
-        ...     results = await asyncio.gather(*(client.segment(q, prompt=p) for q in queries))
+        ...     results = await asyncio.gather(*(client.segment(q, prompt_id=p) for q in queries))
     """
 
     _http_class = httpx.AsyncClient
@@ -82,6 +82,7 @@ class AsyncClient(BaseClient):
         support_images: ImageInput | list[ImageInput] | None = None,
         support_masks: ImageInput | list[ImageInput] | None = None,
         *,
+        prompt_id: Prompt | str | None = None,
         prompt: Prompt | str | None = None,
         threshold: float = 0.5,
         ensemble: int = 1,
@@ -90,8 +91,8 @@ class AsyncClient(BaseClient):
     ) -> SegmentResult:
         """See ``Client.segment``."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
-            self._segment_spec, "/segment", query, support_images, support_masks, prompt, threshold, ensemble, axis,
-            probs))
+            self._segment_spec, "/segment", query, support_images, support_masks, prompt_id, prompt, threshold,
+            ensemble, axis, probs))
         start = self._timer()
         response = await self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -102,6 +103,7 @@ class AsyncClient(BaseClient):
         support_images: ImageInput | list[ImageInput] | None = None,
         support_masks: ImageInput | list[ImageInput] | None = None,
         *,
+        prompt_id: Prompt | str | None = None,
         prompt: Prompt | str | None = None,
         threshold: float = 0.5,
         ensemble: int = 1,
@@ -109,7 +111,8 @@ class AsyncClient(BaseClient):
     ) -> Job:
         """See ``Client.create_job``."""
         spec, _ = await anyio.to_thread.run_sync(partial(
-            self._segment_spec, "/jobs", query, support_images, support_masks, prompt, threshold, ensemble, axis))
+            self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
+            axis))
         return Job.from_json((await self._request(spec)).json())
 
     async def get_job(self, job: Job | str) -> Job:
@@ -130,6 +133,7 @@ class AsyncClient(BaseClient):
         support_images: ImageInput | list[ImageInput] | None = None,
         support_masks: ImageInput | list[ImageInput] | None = None,
         *,
+        prompt_id: Prompt | str | None = None,
         prompt: Prompt | str | None = None,
         threshold: float = 0.5,
         ensemble: int = 1,
@@ -140,7 +144,8 @@ class AsyncClient(BaseClient):
     ) -> SegmentResult:
         """See ``Client.segment_volume``; cancelling the awaiting task cancels the job."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
-            self._segment_spec, "/jobs", query, support_images, support_masks, prompt, threshold, ensemble, axis))
+            self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
+            axis))
         start = self._timer()
         job = Job.from_json((await self._request(spec)).json())
         reporter = ProgressReporter(progress, job.total)
@@ -163,7 +168,7 @@ class AsyncClient(BaseClient):
             raise job_error(job)
         response = await self._request(RequestSpec("GET", f"/jobs/{job.id}/result"))
         result = await anyio.to_thread.run_sync(
-            self._job_result, response, job, query_upload, prompt, (self._timer() - start) * 1000)
+            self._job_result, response, job, query_upload, prompt_id or prompt, (self._timer() - start) * 1000)
         await self._cancel_quietly(job.id)
         return result
 

@@ -163,21 +163,29 @@ class BaseClient:
         query: Any,
         support_images: Any,
         support_masks: Any,
+        prompt_id: Prompt | str | None,
         prompt: Prompt | str | None,
         threshold: float,
         ensemble: int,
         axis: int | None,
         probs: bool = False,
     ) -> tuple[RequestSpec, Upload]:
-        """Encode a /segment or /jobs request (raises InvalidInputError before anything is sent)."""
+        """Encode a /segment or /jobs request (raises InvalidInputError before anything is sent).
+
+        ``prompt_id`` (the API's name) and ``prompt`` (its earlier name in the SDK) are one argument.
+        """
+        if prompt_id is not None and prompt is not None:
+            raise InvalidInputError("prompt_id= and prompt= are the same argument; give one", "prompt_id")
+        name = "prompt" if prompt is not None else "prompt_id"
+        prompt = prompt if prompt is not None else prompt_id
         query_upload = to_upload(query, "query")
         images = to_uploads(support_images, "support_images")
         masks = to_uploads(support_masks, "support_masks", mask=True)
         if prompt is not None and (images or masks):
-            raise InvalidInputError("give either prompt= or support_images/support_masks, not both", "prompt")
+            raise InvalidInputError(f"give either {name}= or support_images/support_masks, not both", name)
         if prompt is None:
             if not images or not masks:
-                raise InvalidInputError("give support_images and support_masks (paired by order), or prompt=",
+                raise InvalidInputError("give support_images and support_masks (paired by order), or prompt_id=",
                                         "support_images" if not images else "support_masks")
             if len(images) != len(masks):
                 raise InvalidInputError(f"{len(images)} support images but {len(masks)} support masks; pair them "

@@ -91,6 +91,7 @@ class Client(BaseClient):
         support_images: ImageInput | list[ImageInput] | None = None,
         support_masks: ImageInput | list[ImageInput] | None = None,
         *,
+        prompt_id: Prompt | str | None = None,
         prompt: Prompt | str | None = None,
         threshold: float = 0.5,
         ensemble: int = 1,
@@ -104,7 +105,8 @@ class Client(BaseClient):
                 image or a nibabel image. Small volumes are answered here; large ones need ``segment_volume``.
             support_images: example images (a list), paired by order with
             support_masks: their label maps (0 background, 1..K); every label is segmented.
-            prompt: a stored prompt (``create_prompt``) or its id, instead of the support set.
+            prompt_id: a stored prompt (``create_prompt``) or its id, instead of the support set: the form
+                field ``prompt_id`` of the API. ``prompt=`` is the same argument under its earlier name.
             threshold: probability in [0, 1] at which a pixel gets a label.
             ensemble: average over this many random subsets of the support set (1 to 16).
             axis: volumes: the slicing axis (service default 2, axial for RAS NIfTI).
@@ -120,8 +122,8 @@ class Client(BaseClient):
             with its message and the field to change.
             APIConnectionError, APITimeoutError: no answer.
         """
-        spec, query_upload = self._segment_spec("/segment", query, support_images, support_masks, prompt, threshold,
-                                                ensemble, axis, probs)
+        spec, query_upload = self._segment_spec("/segment", query, support_images, support_masks, prompt_id, prompt,
+                                                threshold, ensemble, axis, probs)
         start = self._timer()
         response = self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -132,13 +134,15 @@ class Client(BaseClient):
         support_images: ImageInput | list[ImageInput] | None = None,
         support_masks: ImageInput | list[ImageInput] | None = None,
         *,
+        prompt_id: Prompt | str | None = None,
         prompt: Prompt | str | None = None,
         threshold: float = 0.5,
         ensemble: int = 1,
         axis: int | None = None,
     ) -> Job:
         """Submit a background segmentation (same arguments as ``segment``); poll it with ``get_job``."""
-        spec, _ = self._segment_spec("/jobs", query, support_images, support_masks, prompt, threshold, ensemble, axis)
+        spec, _ = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt, threshold,
+                                     ensemble, axis)
         return Job.from_json(self._request(spec).json())
 
     def get_job(self, job: Job | str) -> Job:
@@ -162,6 +166,7 @@ class Client(BaseClient):
         support_images: ImageInput | list[ImageInput] | None = None,
         support_masks: ImageInput | list[ImageInput] | None = None,
         *,
+        prompt_id: Prompt | str | None = None,
         prompt: Prompt | str | None = None,
         threshold: float = 0.5,
         ensemble: int = 1,
@@ -174,7 +179,7 @@ class Client(BaseClient):
 
         Args:
             query: a NIfTI volume: a path, bytes, a nibabel image or an (X, Y, Z) array (identity affine).
-            support_images, support_masks, prompt, threshold, ensemble, axis: as ``segment``; the support set
+            support_images, support_masks, prompt_id, threshold, ensemble, axis: as ``segment``; the support set
                 is NIfTI volumes (matched slice by slice) or 2D images (applied to every slice).
             progress: True: a tqdm bar; a callable: called with (slices done, total); False: silent.
             poll_interval: the longest wait between two polls, in seconds.
@@ -188,8 +193,8 @@ class Client(BaseClient):
             JobFailedError: the job failed or was cancelled on the server.
             The errors of ``segment``.
         """
-        spec, query_upload = self._segment_spec("/jobs", query, support_images, support_masks, prompt, threshold,
-                                                ensemble, axis)
+        spec, query_upload = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt,
+                                                threshold, ensemble, axis)
         start = self._timer()
         job = Job.from_json(self._request(spec).json())
         reporter = ProgressReporter(progress, job.total)
@@ -210,7 +215,7 @@ class Client(BaseClient):
         if job.status != "done":
             raise job_error(job)
         response = self._request(RequestSpec("GET", f"/jobs/{job.id}/result"))
-        result = self._job_result(response, job, query_upload, prompt, (self._timer() - start) * 1000)
+        result = self._job_result(response, job, query_upload, prompt_id or prompt, (self._timer() - start) * 1000)
         self._cancel_quietly(job.id)  # the result is here: free the server's copy now, not after its TTL
         return result
 
@@ -230,7 +235,7 @@ class Client(BaseClient):
         name: str | None = None,
         label_names: dict[int, str] | None = None,
     ) -> Prompt:
-        """Store a support set on the service once; then ``segment(query, prompt=p)`` sends only the query.
+        """Store a support set on the service once; then ``segment(query, prompt_id=p)`` sends only the query.
 
         Args:
             support_images: 2D example images, paired by order with

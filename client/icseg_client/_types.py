@@ -144,7 +144,7 @@ class Prompt:
     """A support set stored on the service (metadata only; the pixels stay on the server).
 
     Attributes:
-        id: 32 hex digits; pass the Prompt or its id as ``segment(query, prompt=...)``.
+        id: 32 hex digits; pass the Prompt or its id as ``segment(query, prompt_id=...)``.
         labels: the label values it segments.
         support_size: support items S.
         network_size: the side N it was prepared at.

@@ -7,7 +7,6 @@ import logging
 import pytest
 from testkit.inputs import disk_pair, png, support_files
 
-from app.cli import build_parser
 from app.middleware import key_matches
 from app.settings import Settings
 from model import weights as weights_module
@@ -191,15 +190,6 @@ def test_docs_can_be_switched_off(make_client):
     client = make_client(docs=False, api_keys=["k"])
     assert client.get("/openapi.json").status_code == 401  # no longer public, and not served
     assert client.get("/docs", headers={"Authorization": "Bearer k"}).status_code == 404
-
-
-def test_serve_help_lists_every_setting(capsys):
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["serve", "--help"])
-    out = capsys.readouterr().out
-    for name in Settings.model_fields:
-        assert f"ICSEG_{name.upper()}" in out
-    assert "--host" in out and "--port" in out
 
 
 def test_model_timeout_is_504(make_client, rng, monkeypatch):

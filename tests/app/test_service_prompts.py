@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from testkit.inputs import disk_pair, png, read_png, support_files
 
-from app import prompts as prompts_module
+from app import prompt_store as prompts_module
 from app.errors import ApiError
-from app.prompts import DiskPromptStore, PromptRecord, Prompts, RedisPromptStore, dump_support, load_support
+from app.prompt_store import DiskPromptStore, PromptRecord, RedisPromptStore
+from app.prompts import Prompts, dump_support, load_support
 from model.segmenter import PreparedSupport
 
 

@@ -1,5 +1,5 @@
-"""Fixtures of the SDK and CLI tests: the in-process app, a real `icseg serve` (on tests/conftest.py's tiny
-seeded checkpoint), the SDK's retry waits recorded instead of waited."""
+"""Fixtures of the SDK tests: the in-process app, a real `icseg serve` (testkit.fixtures, on tests/conftest.py's
+tiny seeded checkpoint), the SDK's retry waits recorded instead of waited."""
 
 from __future__ import annotations
 
@@ -14,12 +14,10 @@ except ImportError:  # a checkout whose dev install predates the SDK: test the s
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "client"))
 
 import icseg_client
-from clientkit import API_KEY
 from fastapi.testclient import TestClient
-from testkit.fixtures import make_client
-from testkit.processes import Server
+from testkit.fixtures import make_client, server
 
-__all__ = ["make_client"]  # a fixture: pytest finds it by name here
+__all__ = ["make_client", "server"]  # fixtures: pytest finds them by name here
 
 
 @pytest.fixture(autouse=True)
@@ -55,16 +53,3 @@ def app_client(make_app) -> TestClient:
 def client(app_client) -> icseg_client.Client:
     """The SDK against the in-process service."""
     return icseg_client.Client(http_client=app_client)
-
-
-@pytest.fixture(scope="session")
-def server(tiny_weights, tmp_path_factory):
-    """A real `icseg serve` on a loopback port, with an API key (shared by the tests that need a process)."""
-    folder = tmp_path_factory.mktemp("server")
-    process = Server({"ICSEG_WEIGHTS": str(tiny_weights), "ICSEG_DATA_DIR": str(folder / "data"),
-                      "ICSEG_API_KEYS": API_KEY, "ICSEG_TORCH_THREADS": "1"}, folder / "server.log")
-    try:
-        process.wait_ready()
-        yield process
-    finally:
-        process.stop()

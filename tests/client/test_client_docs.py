@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clientkit import API_KEY
+from testkit.fixtures import API_KEY
 from testkit.inputs import ball_volume, disk_pair, save_nifti, save_png
 
-from app.cli import build_parser
+from cli.main import build_parser
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
 QUICK_START = "## README: notebook quick start"

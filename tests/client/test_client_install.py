@@ -8,8 +8,8 @@ import textwrap
 import venv
 
 import pytest
-from clientkit import API_KEY
 from testkit import ROOT
+from testkit.fixtures import API_KEY
 from testkit.inputs import disk_pair, save_png
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from clientkit import API_KEY
 from icseg_client import AuthenticationError, Client, NotFoundError
+from testkit.fixtures import API_KEY
 from testkit.inputs import AFFINE, ball_volume, disk_pair, save_nifti, save_png
 
 

@@ -15,8 +15,8 @@ import pydicom
 import pytest
 from PIL import Image
 
+from data.errors import InputError
 from data.io import ImageData, encode_mask, read_image, read_mask, save_image, to_png_bytes, write_mask
-from model.errors import InputError
 
 OBLIQUE = np.array([[0.0, -0.8, 0.1, 12.5], [0.9, 0.0, 0.0, -40.0], [0.0, 0.05, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]])
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from data.errors import InputError
 from data.preprocess import check_mask, label_values, normalize, prepare_image, prepare_mask, resize, to_gray
-from model.errors import InputError
 
 
 @pytest.mark.parametrize(

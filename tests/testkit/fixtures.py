@@ -1,4 +1,5 @@
-"""Fixtures of the tests that run the service in process; a folder's conftest.py imports those it uses."""
+"""Fixtures of the tests that run the service, in process or as a real `icseg serve`; a folder's conftest.py
+imports those it uses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from testkit.processes import RedisServer, require_exe
+from testkit.processes import RedisServer, Server, require_exe
+
+API_KEY = "client-test-key"  # the key of the shared `icseg serve` process (``server``)
 
 
 @pytest.fixture
@@ -37,3 +40,16 @@ def redis_server(tmp_path_factory):
     server = RedisServer(require_exe("redis-server"), tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_weights, tmp_path_factory):
+    """A real `icseg serve` on a loopback port, with an API key (shared by the tests that need a process)."""
+    folder = tmp_path_factory.mktemp("server")
+    process = Server({"ICSEG_WEIGHTS": str(tiny_weights), "ICSEG_DATA_DIR": str(folder / "data"),
+                      "ICSEG_API_KEYS": API_KEY, "ICSEG_TORCH_THREADS": "1"}, folder / "server.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

@@ -91,3 +91,19 @@ def save_png(array: np.ndarray, path: Path) -> Path:
 def save_nifti(array: np.ndarray, path: Path, affine: np.ndarray = AFFINE) -> Path:
     path.write_bytes(nifti(array, affine))
     return path
+
+
+def write_task(folder: Path, rng: np.random.Generator, n_support=3, n_queries=3, labels=(1, 2)) -> dict:
+    """PNG files of a 2D task for the CLI and SDK tests: support/images, support/masks and queries/ (names
+    sorted as paired)."""
+    paths: dict = {"images": [], "masks": [], "queries": []}
+    for sub in ("support/images", "support/masks", "queries"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(n_support):
+        image, mask = disk_pair(rng, labels=labels)
+        paths["images"].append(save_png(image, folder / "support/images" / f"case{i}.png"))
+        paths["masks"].append(save_png(mask, folder / "support/masks" / f"case{i}.png"))
+    for i in range(n_queries):
+        image, _ = disk_pair(rng, size=(40 + 4 * i, 52), labels=labels)
+        paths["queries"].append(save_png(image, folder / "queries" / f"scan{i}.v1.png"))  # a dot in the stem
+    return paths

@@ -34,9 +34,9 @@ def venv_bin() -> Path:
 
 
 def icseg_command() -> list[str]:
-    """The `icseg` console script of this interpreter's environment (``python -m app.cli`` without one)."""
+    """The `icseg` console script of this interpreter's environment (``python -m cli`` without one)."""
     exe = venv_bin() / "icseg"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "app.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cli"]
 
 
 def find_exe(name: str) -> str | None:

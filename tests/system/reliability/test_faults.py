@@ -22,7 +22,7 @@ from testkit import ROOT
 from testkit.inputs import ball_volume, nifti, read_nifti, support_files
 from testkit.processes import RedisServer, require_exe
 
-from app.prompts import DiskPromptStore, PromptRecord
+from app.prompt_store import DiskPromptStore, PromptRecord
 
 # -- kill -9 while prompts are written ---------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ def test_kill9_during_prompt_writes_loses_no_acknowledged_prompt(tiny_weights, t
 _WRITER = """
 import sys, time
 import numpy as np
-from app.prompts import DiskPromptStore, PromptRecord, new_id
+from app.prompt_store import DiskPromptStore, PromptRecord, new_id
 store = DiskPromptStore(sys.argv[1], max_bytes=1 << 40)
 size = int(sys.argv[2])
 while True:

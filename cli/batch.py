@@ -1,47 +1,41 @@
 """`icseg batch`: one support set over a folder or manifest of images and volumes, on Ray.
 
 The driver (this process) plans the run, skips inputs whose mask is already complete, prepares the support set
-once and puts it in Ray's object store; a pool of model-holding actors (Ray Data ``map_batches``) reads each
-input, segments it and writes its mask atomically. Without ``--address`` a local Ray is started on this
-machine: the same code path as on a cluster.
+once and puts it in Ray's object store; a pool of model-holding actors (Ray Data ``map_batches``,
+``cli/batch_ray.py``) reads each input, segments it and writes its mask atomically. Without ``--address`` a
+local Ray is started on this machine: the same code path as on a cluster.
 
-Ray is an optional extra (``pip install -e '.[batch]'``) imported only inside the command, never by the rest
-of the product. Exit codes: 0 every input segmented or skipped; 1 an input failed (listed in the summary CSV),
-Ray is missing, or the model could not load; 2 a usage error.
+Ray is an optional extra (``pip install -e '.[batch]'``) imported only in ``cli/batch_ray.py``, inside the
+command, never by the rest of the product. Exit codes: 0 every input segmented or skipped; 1 an input failed
+(listed in the summary CSV), Ray is missing, or the model could not load; 2 a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
-import math
 import os
-import socket
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
-from app.segment_cli import (
+from cli.common import (
     IMAGE_SUFFIXES,
     UsageError,
-    _expand,
-    _is_image_file,
-    _message,
-    _read_support,
-    _stem,
-    _volume_with_support,
+    expand,
+    is_image_file,
+    message,
     run_reporting,
+    stem,
     usage_error,
 )
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("input", "output", "status", "seconds", "error")
-INSTALL_HINT = "pip install -e '.[batch]'"
 
 EXAMPLES = """examples:
   # a local Ray on this machine, two model replicas
@@ -63,7 +57,7 @@ def register(subparsers) -> None:
         "batch",
         help="segment many images/volumes with one support set on Ray (local or an existing cluster)",
         description="Segment every input with one support set through a pool of model replicas on Ray. "
-        f"Needs the batch extra: {INSTALL_HINT}.",
+        "Needs the batch extra: pip install -e '.[batch]'.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -112,12 +106,10 @@ def run(args: argparse.Namespace) -> int:
         plan = _plan(args)
     except UsageError as exc:
         return usage_error("batch", exc)
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read when Ray starts: nothing is reported anywhere
-    try:
-        import ray
-        import ray.data  # noqa: F401 - the Data library is part of the extra, not of every Ray install
-    except ImportError as exc:
-        print(f"error: icseg batch needs Ray Data ({exc}): {INSTALL_HINT}", file=sys.stderr)
+    from cli import batch_ray
+
+    ray = batch_ray.import_ray()
+    if ray is None:
         return 1
     return run_reporting("batch", lambda: _run(args, plan, ray))
 
@@ -129,8 +121,8 @@ def _plan(args: argparse.Namespace) -> Plan:
     prompt = Path(args.prompt_dir)
     if not (prompt / "images").is_dir() or not (prompt / "masks").is_dir():
         raise UsageError(f"--prompt-dir: {prompt} must hold the folders images/ and masks/")
-    images = _expand([str(prompt / "images")], "--prompt-dir images/")
-    masks = _expand([str(prompt / "masks")], "--prompt-dir masks/")
+    images = expand([str(prompt / "images")], "--prompt-dir images/")
+    masks = expand([str(prompt / "masks")], "--prompt-dir masks/")
     if len(images) != len(masks):
         raise UsageError(f"--prompt-dir: {len(images)} images but {len(masks)} masks; pair them one to one")
     for flag, value, low in (("--replicas", args.replicas, 1), ("--batch-size", args.batch_size, 1),
@@ -147,7 +139,7 @@ def _plan(args: argparse.Namespace) -> Plan:
     inputs = _inputs(Path(args.inputs))
     items, seen = [], {}
     for path in inputs:
-        output = out / (_stem(path) + _mask_extension(path))
+        output = out / (stem(path) + _mask_extension(path))
         if output in seen:
             raise UsageError(f"{seen[output]} and {path} would both write {output}; rename one")
         seen[output] = path
@@ -159,13 +151,13 @@ def _plan(args: argparse.Namespace) -> Plan:
 def _inputs(source: Path) -> list[Path]:
     """Absolute input paths (actors may run elsewhere) from a folder, a manifest, or one image file."""
     if source.is_dir():
-        found = sorted(p.resolve() for p in source.iterdir() if _is_image_file(p))
+        found = sorted(p.resolve() for p in source.iterdir() if is_image_file(p))
         if not found:
             raise UsageError(f"--inputs: no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {source}")
         return found
     if not source.is_file():
         raise UsageError(f"--inputs: no such file or folder: {source}")
-    if _is_image_file(source) and _sniff(source) is not None:
+    if is_image_file(source) and _sniff(source) is not None:
         return [source.resolve()]
     try:
         lines = source.read_text().splitlines()
@@ -196,8 +188,8 @@ def _mask_extension(path: Path) -> str:
 
 def _is_complete(path: Path) -> bool:
     """A mask from an earlier run that decodes to the end (writes are atomic; this also catches foreign files)."""
+    from data.errors import InputError
     from data.io import read_mask
-    from model.errors import InputError
 
     if not path.is_file():
         return False
@@ -212,16 +204,19 @@ def _is_complete(path: Path) -> bool:
 
 
 def _run(args: argparse.Namespace, plan: Plan, ray) -> int:
+    from cli import batch_ray
+    from model.inputs import read_support
     from model.segmenter import Segmenter
 
     weights = args.weights or os.environ.get("ICSEG_WEIGHTS") or None
     weights = str(Path(weights).expanduser().resolve()) if weights else None
     # the driver loads the model only to learn its preprocessing (size, limits) and to fail early on bad weights
     segmenter = Segmenter.from_pretrained(weights, device="cpu")
-    support, _, _ = _read_support(segmenter, plan.support_images, plan.support_masks)
-    if support is None:
+    files = read_support(plan.support_images, plan.support_masks, volumes=True)
+    if files.volumes:
         raise UsageError("--prompt-dir holds 3D volumes; icseg batch takes 2D support items (use `icseg segment` "
                          "for position-matched volume support)")
+    support = files.prepare(segmenter)
     rows = {item.input: _row(item, "pending") for item in plan.items}
     earlier = {} if args.retry_failed else _earlier_failures(plan.summary)
     todo, kept = [], 0
@@ -240,7 +235,7 @@ def _run(args: argparse.Namespace, plan: Plan, ray) -> int:
     started = time.perf_counter()
     try:
         if todo:
-            for result in _segment_on_ray(ray, args, plan, todo, support.to_arrays(), weights):
+            for result in batch_ray._segment_on_ray(ray, args, plan, todo, support.to_arrays(), weights):
                 replicas.add(result.pop("replica"))
                 rows[Path(result["input"])] = result
     finally:
@@ -274,121 +269,15 @@ def _row(item: Item, status: str, seconds: float = 0.0, error: str = "") -> dict
             "error": error}
 
 
-def start_ray(ray, address: str | None, num_cpus: float) -> bool:
-    """Connect to ``address``, or start a local Ray limited to ``num_cpus``; False if one was already running.
-
-    Local Ray keeps to this machine: no dashboard, no usage statistics (RAY_USAGE_STATS_ENABLED=0).
-    """
-    if ray.is_initialized():
-        return False
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
-        # "local": a new Ray of our own, even where RAY_ADDRESS or an earlier `ray start` names another
-        ray.init(address="local", num_cpus=max(1, math.ceil(num_cpus)), include_dashboard=False, **quiet)
-    return True
-
-
-def _segment_on_ray(ray, args, plan: Plan, todo: list[Item], support_arrays: dict, weights: str | None):
-    """Yield one result row per input of ``todo`` (with the replica that did it) as the actors finish them."""
-    from ray.data import ActorPoolStrategy, DataContext
-    from tqdm import tqdm
-
-    started = start_ray(ray, args.address, args.replicas * args.cpus_per_replica)
-    try:
-        _check_resources(ray.cluster_resources(), args)
-        context = DataContext.get_current()
-        context.enable_progress_bars = False  # our bar counts inputs; Ray's would repeat it per operator
-        logging.getLogger("ray.data").setLevel(logging.DEBUG if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
-        plan.out.mkdir(parents=True, exist_ok=True)
-        support_ref = ray.put(support_arrays)  # prepared once here, fetched once per actor
-        blocks = math.ceil(len(todo) / args.batch_size)  # one block per actor call: idle actors can take the next
-        dataset = ray.data.from_items(
-            [{"input": str(item.input), "output": str(item.output)} for item in todo], override_num_blocks=blocks
-        ).map_batches(
-            SegmentActor,
-            batch_size=args.batch_size,
-            batch_format="numpy",
-            # two calls in flight per actor: one running, one queued, and the rest left for idle actors
-            compute=ActorPoolStrategy(size=min(args.replicas, blocks), max_tasks_in_flight_per_actor=2),
-            num_cpus=args.cpus_per_replica,
-            num_gpus=args.gpus_per_replica or None,
-            fn_constructor_kwargs={
-                "weights": weights, "support": support_ref, "device": "cuda" if args.gpus_per_replica else "cpu",
-                "threads": max(1, int(args.cpus_per_replica)),
-                "options": {"threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis},
-            },
-        )
-        bar = tqdm(total=len(todo), unit="input", desc="batch", disable=not args.progress, file=sys.stderr)
-        with bar:
-            for row in dataset.iter_rows():
-                bar.update(1)
-                yield {key: _plain(row[key]) for key in (*SUMMARY_FIELDS, "replica")}
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def _check_resources(total: dict, args) -> None:
-    """Fail now when not one replica fits (Ray would wait forever); warn when only some do (they take turns)."""
-    needs = {"CPU": args.cpus_per_replica, "GPU": args.gpus_per_replica}
-    fits = min(int(total.get(k, 0) // v) if v else args.replicas for k, v in needs.items())
-    have = ", ".join(f"{total.get(k, 0):g} {k}" for k in needs)
-    if fits == 0:
-        raise UsageError(f"the Ray cluster has {have}: not enough for one replica ({args.cpus_per_replica:g} CPU, "
-                         f"{args.gpus_per_replica:g} GPU); lower --cpus-per-replica/--gpus-per-replica")
-    if fits < args.replicas:
-        log.warning("the Ray cluster has %s: %d of %d replicas fit at once", have, fits, args.replicas)
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
-
-
-class SegmentActor:
-    """One model replica in Ray's actor pool: the network, and the support set prepared by the driver.
-
-    Args:
-        weights: the weights path (None: the embedded default model), as seen on the actor's node.
-        support: an ObjectRef of ``PreparedSupport.to_arrays()`` (Ray Data hands constructor arguments over as
-            they are: the actor fetches the arrays once, here), or the arrays themselves.
-        device: torch device ("cuda" is the GPU Ray assigned to this actor).
-        threads: torch intra-op threads (the actor's CPUs).
-        options: threshold, ensemble, axis, as on the command line.
-    """
-
-    def __init__(self, weights: str | None, support, device: str, threads: int, options: dict):
-        import numpy as np
-        import ray
-        import torch
-
-        from model.segmenter import PreparedSupport, Segmenter
-
-        torch.set_num_threads(threads)
-        self.segmenter = Segmenter.from_pretrained(weights, device=device)
-        arrays = ray.get(support) if isinstance(support, ray.ObjectRef) else support
-        # the object store hands out read-only views; torch wants its own writable copy
-        self.support = PreparedSupport.from_arrays({key: np.array(value) for key, value in arrays.items()})
-        self.options = SimpleNamespace(**options)
-        self.replica = f"{socket.gethostname()}:{os.getpid()}"
-
-    def __call__(self, batch: dict) -> dict:
-        """``{"input": (B,) str, "output": (B,) str}`` -> the summary columns and "replica", (B,) each."""
-        items = [Item(Path(str(i)), Path(str(o))) for i, o in zip(batch["input"], batch["output"])]
-        rows = segment_items(self.segmenter, self.support, items, self.options)
-        return {key: [row[key] for row in rows] for key in SUMMARY_FIELDS} | {"replica": [self.replica] * len(rows)}
-
-
 def segment_items(segmenter, support, items: list[Item], options) -> list[dict]:
     """Read, segment and write each input; a failing input gives a "failed" row and the others go on.
 
-    The 2D images of the call share one ``predict_many`` (the network batches them); volumes go slice by slice.
+    The 2D images of the call share one ``predict_many`` (the network batches them; a bad one is retried
+    alone, ``model.segmenter.predict_each``); volumes go slice by slice (``Segmenter.predict_volume``).
     ``seconds`` is each input's read + write time plus its share of the batched prediction.
     """
     from data.io import read_image
-    from model.segmenter import merge_labels
+    from model.segmenter import merge_labels, predict_each
 
     rows: dict[int, dict] = {}
     images = []  # (index, query, seconds so far)
@@ -399,30 +288,28 @@ def segment_items(segmenter, support, items: list[Item], options) -> list[dict]:
             if query.kind == "image":
                 images.append((index, query, time.perf_counter() - began))
                 continue
-            mask = _volume_with_support(segmenter, query.array, support, options)
+            mask = segmenter.predict_volume(query.array, support=support, axis=options.axis,
+                                            ensemble=options.ensemble, threshold=options.threshold)
             rows[index] = _row(item, "ok", error="")
             rows[index]["output"] = str(_write_mask(mask, query, item.output))
         except Exception as exc:  # noqa: BLE001 - any failure of one input is that input's row
-            rows[index] = _row(item, "failed", error=_message(exc))
+            rows[index] = _row(item, "failed", error=message(exc))
         rows[index]["seconds"] = round(time.perf_counter() - began, 3)
     if images:
         began = time.perf_counter()
-        try:
-            probs = segmenter.predict_many([query.array for _, query, _ in images], support, ensemble=options.ensemble)
-            masks = [merge_labels(p, support.labels, options.threshold) for p in probs]
-        except Exception:  # noqa: BLE001 - one bad image fails the shared call: redo them one by one
-            masks = [None] * len(images)
+        probs = predict_each(lambda queries: segmenter.predict_many(queries, support, ensemble=options.ensemble),
+                             [query.array for _, query, _ in images], retry_on=Exception)
         share = (time.perf_counter() - began) / len(images)
-        for (index, query, seconds), mask in zip(images, masks):
+        for (index, query, seconds), result in zip(images, probs):
             item, began = items[index], time.perf_counter()
             try:
-                if mask is None:
-                    mask = segmenter.predict(query.array, support=support, ensemble=options.ensemble,
-                                             threshold=options.threshold)
+                if isinstance(result, Exception):
+                    raise result
                 rows[index] = _row(item, "ok")
+                mask = merge_labels(result, support.labels, options.threshold)
                 rows[index]["output"] = str(_write_mask(mask, query, item.output))
             except Exception as exc:  # noqa: BLE001
-                rows[index] = _row(item, "failed", error=_message(exc))
+                rows[index] = _row(item, "failed", error=message(exc))
             rows[index]["seconds"] = round(seconds + share + time.perf_counter() - began, 3)
     return [rows[i] for i in range(len(items))]
 
@@ -433,7 +320,7 @@ def _write_mask(mask, query, output: Path) -> Path:
 
     payload, _, extension = encode_mask(mask, query)
     if not output.name.endswith(extension):  # the driver guessed from the leading bytes; the decoder decides
-        output = output.with_name(_stem(output) + extension)
+        output = output.with_name(stem(output) + extension)
     return write_atomic(output, payload)
 
 
@@ -441,16 +328,13 @@ def _write_mask(mask, query, output: Path) -> Path:
 
 
 def _write_summary(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from data.io import write_atomic
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue().encode())
 
 
 def _report(rows: list[dict], elapsed: float, replicas: int, summary: Path) -> int:

@@ -1,4 +1,5 @@
-"""`icseg train` and `icseg eval`."""
+"""`icseg train` and `icseg eval`: the flags of ``TrainConfig``; the work is ``model.train`` and
+``model.evaluate``'s (imported when the command runs)."""
 
 from __future__ import annotations
 

@@ -9,13 +9,7 @@ import logging
 import sys
 
 # one module per subcommand group; each defines register(subparsers) and sets a `func` default
-COMMAND_MODULES = [
-    "model.train_cli",
-    "app.serve_cli",
-    "app.segment_cli",
-    "app.prompt_cli",
-    "app.batch_cli",
-]
+COMMAND_MODULES = ["cli.train", "cli.serve", "cli.segment", "cli.prompt", "cli.batch"]
 
 
 def build_parser() -> argparse.ArgumentParser:

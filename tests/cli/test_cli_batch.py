@@ -17,8 +17,9 @@ import pytest
 from batchkit import AFFINE, write_inputs, write_prompt
 from PIL import Image
 
-from app import batch_cli
-from app.cli import main
+from cli import batch as batch_cli
+from cli import batch_ray
+from cli.main import main
 from data.io import read_image, read_mask, save_image
 from model.segmenter import Segmenter
 
@@ -44,7 +45,7 @@ def ray_session():
     import ray
     from ray.data import DataContext
 
-    started = batch_cli.start_ray(ray, None, 2)  # the CLI's own local start, shared by this module's runs
+    started = batch_ray.start_ray(ray, None, 2)  # the CLI's own local start, shared by this module's runs
     # Ray Data hands blocks to the actors that are up; the tiny model is so fast that the first actor could
     # finish all twelve inputs before the second has imported torch. Waiting for the whole pool makes "both
     # actors did work" a property of the code, not of the timing
@@ -117,7 +118,7 @@ def in_process(monkeypatch, tiny_weights):
         for row in batch_cli.segment_items(segmenter, PreparedSupport.from_arrays(support_arrays), todo, options):
             yield row | {"replica": "here"}
 
-    monkeypatch.setattr(batch_cli, "_segment_on_ray", fake)
+    monkeypatch.setattr(batch_ray, "_segment_on_ray", fake)
     return calls
 
 
@@ -218,7 +219,7 @@ def test_without_ray_the_command_says_how_to_install_it(monkeypatch, tmp_path, r
 
 
 def test_the_rest_of_the_product_does_not_import_ray():
-    code = ("import sys, app.cli, app.main, app.batch_cli; app.cli.build_parser(); "
+    code = ("import sys, cli.main, app.main, cli.batch, cli.batch_ray; cli.main.build_parser(); "
             "assert 'ray' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -226,7 +227,7 @@ def test_the_rest_of_the_product_does_not_import_ray():
 
 def test_a_cluster_without_room_for_one_replica_is_an_error_not_a_wait(caplog):
     args = type("Args", (), {"replicas": 4, "cpus_per_replica": 1.0, "gpus_per_replica": 0.5})
-    batch_cli._check_resources({"CPU": 16.0, "GPU": 1.0}, args)  # 2 of 4 fit at once: a warning
+    batch_ray._check_resources({"CPU": 16.0, "GPU": 1.0}, args)  # 2 of 4 fit at once: a warning
     assert "2 of 4 replicas fit" in caplog.text
     with pytest.raises(batch_cli.UsageError, match="not enough for one replica"):
-        batch_cli._check_resources({"CPU": 16.0}, args)
+        batch_ray._check_resources({"CPU": 16.0}, args)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from clientkit import API_KEY, write_task
 from PIL import Image
-from testkit.inputs import AFFINE, ball_volume, save_nifti, save_png
+from testkit.fixtures import API_KEY
+from testkit.inputs import AFFINE, ball_volume, save_nifti, save_png, write_task
 
-from app.cli import main
+from cli.main import main
 from data.io import read_image, read_mask
 from model import weights as weights_module
 from model.segmenter import Segmenter

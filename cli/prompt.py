@@ -10,15 +10,15 @@ import json
 import sys
 import time
 
-from app.segment_cli import UsageError, _expand
+from cli.common import UsageError, expand, run_reporting
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "prompt",
         help="store, list and delete support sets (prompts) on a server",
-        description="A prompt is a support set stored on the server once; `icseg segment --prompt ID` and the "
-        "SDK's segment(query, prompt=...) then send only the query.",
+        description="A prompt is a support set stored on the server once; `icseg segment --prompt-id ID` and "
+        "the SDK's segment(query, prompt_id=...) then send only the query.",
     )
     sub = p.add_subparsers(dest="prompt_command", required=True, metavar="{create,list,delete}")
 
@@ -51,19 +51,16 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace, action) -> int:
     try:
-        from icseg_client import Client, IcsegError
+        from icseg_client import Client
     except ImportError:
         print("error: icseg prompt needs the Python SDK: pip install -e ./client", file=sys.stderr)
         return 1
-    try:
+
+    def work() -> int:
         with Client(args.url, api_key=args.api_key) as client:
             return action(client)
-    except UsageError as exc:
-        print(f"icseg prompt: error: {exc}", file=sys.stderr)
-        return 2
-    except IcsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+    return run_reporting("prompt", work)
 
 
 def _label_names(pairs: list[str]) -> dict[int, str]:
@@ -78,8 +75,8 @@ def _label_names(pairs: list[str]) -> dict[int, str]:
 
 def _create(args: argparse.Namespace) -> int:
     def action(client) -> int:
-        images = _expand(args.support_images, "--support-images")
-        masks = _expand(args.support_masks, "--support-masks")
+        images = expand(args.support_images, "--support-images")
+        masks = expand(args.support_masks, "--support-masks")
         if len(images) != len(masks):
             raise UsageError(f"{len(images)} support images but {len(masks)} support masks; pair them one to one")
         prompt = client.create_prompt(images, masks, name=args.name, label_names=_label_names(args.label_name))

@@ -1,0 +1,85 @@
+"""What the commands share: usage errors (exit 2), reported failures (exit 1), the files named by arguments.
+
+Printing is the command line's job: messages go to stderr, results (ids, tables, summaries) to stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from data.errors import CodedError
+
+# what a folder is scanned for (files are still read by their content, not their name)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
+
+
+class UsageError(Exception):
+    """Arguments that cannot work; exit code 2."""
+
+
+def usage_error(command: str, exc: UsageError) -> int:
+    print(f"icseg {command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_reporting(command: str, work: Callable[[], int]) -> int:
+    """``work()``'s exit status; a usage error gives 2, a typed error of the SDK, the model or the decoders
+    (or an OSError) 1, each with its message instead of a traceback."""
+    try:
+        return work()
+    except UsageError as exc:
+        return usage_error(command, exc)
+    except Exception as exc:  # noqa: BLE001 - typed errors: their message is the report
+        if not reportable(exc):
+            raise
+        print(f"error: {message(exc)}", file=sys.stderr)
+        return 1
+
+
+def reportable(exc: BaseException) -> bool:
+    """An error whose message is the whole report: coded errors, the SDK's errors, OSError."""
+    if isinstance(exc, CodedError | OSError):
+        return True
+    sdk = sys.modules.get("icseg_client")  # only a command that talks to a server imported it
+    return sdk is not None and isinstance(exc, sdk.IcsegError)
+
+
+def message(exc: BaseException) -> str:
+    return str(exc) or repr(exc)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def expand(paths: list[str] | None, flag: str) -> list[Path]:
+    """Files named by ``flag``: the files themselves, or the image files of one folder, sorted."""
+    if not paths:
+        return []
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        files = sorted(p for p in Path(paths[0]).iterdir() if is_image_file(p))
+        if not files:
+            raise UsageError(f"{flag}: no image files in folder {paths[0]}")
+        return files
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise UsageError(f"{flag}: not a file: {missing[0]}")
+    return [Path(p) for p in paths]
+
+
+def stem(path: Path) -> str:
+    """The name without its image suffix (``scan.v1.nii.gz`` -> ``scan.v1``)."""
+    name = path.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def progress_bar(unit: str, desc: str, enabled: bool, iterable=None, total: int | None = None):
+    """A tqdm bar on stderr over ``iterable`` (or counting to ``total``); off with --no-progress."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, unit=unit, desc=desc, disable=not enabled, file=sys.stderr)
