@@ -25,6 +25,8 @@ from pathlib import Path
 from cli.common import (
     IMAGE_SUFFIXES,
     UsageError,
+    add_segment_options,
+    check_segment_options,
     expand,
     is_image_file,
     message,
@@ -67,9 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--summary", metavar="CSV", help="summary file (default: OUT/batch-summary.csv)")
     p.add_argument("--weights", help="weights file (default: ICSEG_WEIGHTS, then the embedded default model); "
                    "on a cluster it must exist at this path on every node")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability at which a pixel gets a label")
-    p.add_argument("--ensemble", type=int, default=1, help="average over this many random support subsets")
-    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="volumes: slicing axis (2: axial for RAS)")
+    add_segment_options(p)
     ray_group = p.add_argument_group("Ray")
     ray_group.add_argument("--address", help="an existing cluster: 'auto' (this node's) or ray://HOST:10001; "
                            "omit to start a local Ray on this machine")
@@ -125,14 +125,12 @@ def _plan(args: argparse.Namespace) -> Plan:
     masks = expand([str(prompt / "masks")], "--prompt-dir masks/")
     if len(images) != len(masks):
         raise UsageError(f"--prompt-dir: {len(images)} images but {len(masks)} masks; pair them one to one")
-    for flag, value, low in (("--replicas", args.replicas, 1), ("--batch-size", args.batch_size, 1),
-                             ("--ensemble", args.ensemble, 1)):
-        if value < low:
-            raise UsageError(f"{flag} must be {low} or more")
+    for flag, value in (("--replicas", args.replicas), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise UsageError(f"{flag} must be 1 or more")
+    check_segment_options(args)
     if args.gpus_per_replica < 0 or args.cpus_per_replica <= 0:
         raise UsageError("--gpus-per-replica must be 0 or more and --cpus-per-replica more than 0")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UsageError("--threshold must be between 0 and 1")
     out = Path(args.out).resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} is a file, not a folder")

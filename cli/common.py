@@ -19,6 +19,22 @@ class UsageError(Exception):
     """Arguments that cannot work; exit code 2."""
 
 
+def add_segment_options(parser) -> None:
+    """The segmentation options of the API's form, as `icseg segment` and `icseg batch` take them."""
+    parser.add_argument("--threshold", type=float, default=0.5, help="probability at which a pixel gets a label")
+    parser.add_argument("--ensemble", type=int, default=1, help="average over this many random support subsets")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
+                        help="volumes: slicing axis (2: axial for RAS)")
+
+
+def check_segment_options(args) -> None:
+    """Raises UsageError for a --threshold outside [0, 1] or an --ensemble below 1."""
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError("--threshold must be between 0 and 1")
+    if args.ensemble < 1:
+        raise UsageError("--ensemble must be 1 or more")
+
+
 def usage_error(command: str, exc: UsageError) -> int:
     print(f"icseg {command}: error: {exc}", file=sys.stderr)
     return 2

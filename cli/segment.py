@@ -16,6 +16,8 @@ from pathlib import Path
 from cli.common import (
     IMAGE_SUFFIXES,
     UsageError,
+    add_segment_options,
+    check_segment_options,
     expand,
     is_image_file,
     message,
@@ -60,9 +62,7 @@ def register(subparsers) -> None:
                    help="with --url: a stored prompt (the API's prompt_id) instead of the support files")
     p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<name>.png: mask contours on the "
                    "query (the slice with most foreground for volumes)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability at which a pixel gets a label")
-    p.add_argument("--ensemble", type=int, default=1, help="average over this many random support subsets")
-    p.add_argument("--axis", type=int, choices=(0, 1, 2), default=2, help="volumes: slicing axis (2: axial for RAS)")
+    add_segment_options(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     server = p.add_argument_group("server mode")
     server.add_argument("--url", help="the icseg server, e.g. http://gpu-box:8000 (omit: run the model here)")
@@ -115,10 +115,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         raise UsageError("give --support-images and --support-masks (paired by order), or --prompt-id with --url")
     elif len(images) != len(masks):
         raise UsageError(f"{len(images)} support images but {len(masks)} support masks; pair them one to one")
-    if not 0.0 <= args.threshold <= 1.0:
-        raise UsageError("--threshold must be between 0 and 1")
-    if args.ensemble < 1:
-        raise UsageError("--ensemble must be 1 or more")
+    check_segment_options(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} is a file, not a folder")

@@ -10,7 +10,7 @@ Two formulations share one set of parameters:
 
 Parameter names match the released UniverSeg v1 state dict, so an official checkpoint loads strictly.
 
-Letters: B queries, S support items, C channels, H x W pixels.
+Letters: B queries, S support items, C channels (features), H x W pixels; B' is B or 1 (a shared support set).
 """
 
 from __future__ import annotations
@@ -77,12 +77,12 @@ class CrossBlock(nn.Module):
             support: (B, S, Cs, H, W).
 
         Returns:
-            (B, 1, F, H, W) new query features and (B, S, F, H, W) new support features.
+            (B, 1, C, H, W) new query features and (B, S, C, H, W) new support features.
         """
         b, s = support.shape[:2]
         pairs = torch.cat([query.expand(b, s, *query.shape[2:]), support], dim=2)  # (B, S, Cq+Cs, H, W)
-        interaction = self.cross.cross_conv(pairs.flatten(0, 1)).unflatten(0, (b, s))  # (B, S, F, H, W)
-        new_query = interaction.mean(dim=1, keepdim=True)  # (B, 1, F, H, W)
+        interaction = self.cross.cross_conv(pairs.flatten(0, 1)).unflatten(0, (b, s))  # (B, S, C, H, W)
+        new_query = interaction.mean(dim=1, keepdim=True)  # (B, 1, C, H, W)
         return self.target(new_query), self.support(interaction)
 
     def forward_fast(
@@ -92,43 +92,43 @@ class CrossBlock(nn.Module):
 
         Args:
             query: (B, Cq, H, W).
-            support_parts: tensors of shape (Bs * S, Ci, H, W) whose channels, in order, make up the support
-                input (Bs is B, or 1 when all queries share the support set).
+            support_parts: tensors of shape (B' * S, Ci, H, W) whose channels, in order, make up the support
+                input (B' is B, or 1 when all queries share the support set).
             n_support: S.
             need_support: False in the last block, whose support features nothing reads: the support half
                 of the cross conv is then taken of the support mean (a conv is linear), and the support
                 branch is skipped.
 
         Returns:
-            (B, F, H, W) new query features and (B * S, F, H, W) new support features (None when not needed).
+            (B, C, H, W) new query features and (B * S, C, H, W) new support features (None when not needed).
         """
         weight, bias = self.cross.cross_conv.weight, self.cross.cross_conv.bias
         cq = query.shape[1]
-        zq = F.conv2d(query, weight[:, :cq], bias, padding=1)  # (B, F, H, W)
+        zq = F.conv2d(query, weight[:, :cq], bias, padding=1)  # (B, C, H, W)
         if not need_support:
-            support_parts = [_mean_items(part, n_support) for part in support_parts]  # (Bs, Ci, H, W)
+            support_parts = [_mean_items(part, n_support) for part in support_parts]  # (B', Ci, H, W)
             n_support = 1
         zs = None
         start = cq
         for part in support_parts:
             stop = start + part.shape[1]
-            z = F.conv2d(part, weight[:, start:stop], None, padding=1)  # (Bs*S, F, H, W)
+            z = F.conv2d(part, weight[:, start:stop], None, padding=1)  # (B'*S, C, H, W)
             zs = z if zs is None else zs.add_(z)
             start = stop
-        new_query = self.target.vmapped(zq + _mean_items(zs, n_support))  # (B, F, H, W)
+        new_query = self.target.vmapped(zq + _mean_items(zs, n_support))  # (B, C, H, W)
         if not need_support:
             return new_query, None
-        zs = zs.unflatten(0, (-1, n_support))  # (Bs, S, F, H, W)
+        zs = zs.unflatten(0, (-1, n_support))  # (B', S, C, H, W)
         if zs.shape[0] == zq.shape[0] and not torch.is_grad_enabled():
             interaction = zs.add_(zq.unsqueeze(1))
         else:
-            interaction = zs + zq.unsqueeze(1)  # (B, S, F, H, W)
-        new_support = self.support.vmapped(interaction.flatten(0, 1))  # (B*S, F, H, W)
+            interaction = zs + zq.unsqueeze(1)  # (B, S, C, H, W)
+        new_support = self.support.vmapped(interaction.flatten(0, 1))  # (B*S, C, H, W)
         return new_query, new_support
 
 
 def _mean_items(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Mean over groups of n consecutive items: (Bs * n, C, H, W) -> (Bs, C, H, W), for either memory format."""
+    """Mean over groups of n consecutive items: (B' * n, C, H, W) -> (B', C, H, W), for either memory format."""
     if n == 1:
         return x
     if x.is_contiguous():
@@ -214,7 +214,7 @@ class UniverSegNet(nn.Module):
         self._check(query, support_images, support_masks)
         n_support = support_images.shape[1]
         query_feat = query
-        support_parts = [support_images.flatten(0, 1), support_masks.flatten(0, 1)]  # (Bs*S, 1, H, W) each
+        support_parts = [support_images.flatten(0, 1), support_masks.flatten(0, 1)]  # (B'*S, 1, H, W) each
         skips = []
         last = len(self.enc_blocks) - 1
         for i, block in enumerate(self.enc_blocks):
@@ -243,7 +243,7 @@ class UniverSegNet(nn.Module):
         self._check(query, support_images, support_masks)
         b = query.shape[0]
         query_feat = query.unsqueeze(1)  # (B, 1, 1, H, W)
-        support_feat = torch.cat([support_images, support_masks], dim=2)  # (Bs, S, 2, H, W)
+        support_feat = torch.cat([support_images, support_masks], dim=2)  # (B', S, 2, H, W)
         support_feat = support_feat.expand(b, *support_feat.shape[1:])
         skips = []
         last = len(self.enc_blocks) - 1

@@ -124,6 +124,7 @@ class Segmenter:
         *,
         support: PreparedSupport | None = None,
         ensemble: int = 1,
+        flip: bool = False,
     ) -> np.ndarray:
         """Probabilities per label at the query's size.
 
@@ -132,12 +133,13 @@ class Segmenter:
             support_images, support_masks: the support set (see ``prepare_support``), or
             support: an already prepared support set (a stored prompt).
             ensemble: average over this many random subsets of the support set.
+            flip: average with the left-right mirrored task (test-time augmentation, twice the work).
 
         Returns:
             probs: (K, H, W) float32 in [0, 1], in the order of ``support.labels`` (ascending label values).
         """
         support = support or self.prepare_support(support_images, support_masks)
-        return self.predict_many([query], support, ensemble=ensemble)[0]
+        return self.predict_many([query], support, ensemble=ensemble, flip=flip)[0]
 
     def predict(
         self,
@@ -147,6 +149,7 @@ class Segmenter:
         *,
         support: PreparedSupport | None = None,
         ensemble: int = 1,
+        flip: bool = False,
         threshold: float = 0.5,
     ) -> np.ndarray:
         """A label map at the query's size with the support set's label values.
@@ -155,7 +158,7 @@ class Segmenter:
             mask: (H, W) uint8 (uint16 when a label exceeds 255); 0 where no label reaches ``threshold``.
         """
         support = support or self.prepare_support(support_images, support_masks)
-        probs = self.predict_proba(query, support=support, ensemble=ensemble)
+        probs = self.predict_proba(query, support=support, ensemble=ensemble, flip=flip)
         return merge_labels(probs, support.labels, threshold)
 
     def predict_many(
@@ -164,6 +167,7 @@ class Segmenter:
         support: PreparedSupport,
         *,
         ensemble: int = 1,
+        flip: bool = False,
         progress: ProgressFn | None = None,
     ) -> list[np.ndarray]:
         """Probabilities for several queries sharing one support set, batched.
@@ -176,7 +180,7 @@ class Segmenter:
             gray = to_gray(q, field="query" if len(queries) == 1 else f"query[{i}]")  # (H_i, W_i)
             shapes.append(gray.shape)
             prepared.append(prepare_gray(gray, self.size, self.clip_percentiles))
-        probs = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, progress)
+        probs = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, progress, flip)
         # (B, K, N, N) -> per query (K, H_i, W_i); clamp, not clamp_: at the network's own size resize returns
         # the inference tensor itself, which cannot be changed in place outside inference mode
         return [resize(p, s).clamp(0, 1).numpy() for p, s in zip(probs, shapes)]
@@ -193,7 +197,7 @@ class Segmenter:
     @torch.inference_mode()
     def predict_prepared(
         self, queries: torch.Tensor, supports: list[PreparedSupport], ensemble: int = 1,
-        progress: ProgressFn | None = None,
+        progress: ProgressFn | None = None, flip: bool = False,
     ) -> torch.Tensor:
         """Prepared queries, one prepared support per query -> probabilities at the network's size.
 
@@ -204,31 +208,39 @@ class Segmenter:
             queries: (B, N, N) float32 in [0, 1].
             supports: B prepared supports with the same K labels.
             progress: called with (queries done, B).
+            flip: also run every task mirrored left-right (query and support set together) and average the
+                mirrored-back probabilities with the plain ones (test-time augmentation; twice the work).
 
         Returns:
             probs: (B, K, N, N) float32 in [0, 1], on the CPU.
         """
-        tasks = []  # (query index, label index, support images (S', N, N), support masks (S', N, N))
+        tasks = []  # (query index, label index, support images (S', N, N), support masks (S', N, N), mirrored)
         for qi, sup in enumerate(supports):
             for subset in self._subsets(sup.size, ensemble):
                 for li in range(len(sup.labels)):
-                    tasks.append((qi, li, sup.images[subset], sup.masks[li][subset]))
+                    for mirrored in (False, True) if flip else (False,):
+                        tasks.append((qi, li, sup.images[subset], sup.masks[li][subset], mirrored))
         n_labels = len(supports[0].labels)
         out = torch.zeros(len(supports), n_labels, self.size, self.size)
         counts = torch.zeros(len(supports), n_labels, 1, 1)
         done_queries = 0
         start = 0
         while start < len(tasks):
-            s = tasks[start][2].shape[0]
+            s, mirrored = tasks[start][2].shape[0], tasks[start][4]
             stop = start + 1
-            while stop < len(tasks) and (stop - start + 1) * s <= self.max_batch_items and tasks[stop][2].shape[0] == s:
+            while (stop < len(tasks) and (stop - start + 1) * s <= self.max_batch_items
+                   and tasks[stop][2].shape[0] == s and tasks[stop][4] == mirrored):
                 stop += 1
             chunk = tasks[start:stop]
             q = queries[[t[0] for t in chunk]].unsqueeze(1)  # (B', 1, N, N)
             si = torch.stack([t[2] for t in chunk]).unsqueeze(2)  # (B', S', 1, N, N)
             sm = torch.stack([t[3] for t in chunk]).unsqueeze(2)
+            if mirrored:
+                q, si, sm = q.flip(-1), si.flip(-1), sm.flip(-1)
             p = self.predict_torch(q, si, sm)[:, 0]  # (B', N, N)
-            for (qi, li, _, _), pi in zip(chunk, p):
+            if mirrored:
+                p = p.flip(-1)
+            for (qi, li, _, _, _), pi in zip(chunk, p):
                 out[qi, li] += pi
                 counts[qi, li] += 1
             start = stop
@@ -295,8 +307,10 @@ class Segmenter:
         volumes.check_axis(axis)
         if support is None:
             support = self.prepare_volume_support(support_volumes, support_masks, axis)
-        return volumes.predict_volume(self, query_volume, support, axis=axis, slices_per_volume=slices_per_volume,
-                                      ensemble=ensemble, threshold=threshold, progress=progress)
+        if isinstance(support, VolumeSupport):
+            return volumes.predict_with_volumes(self, query_volume, support, axis, slices_per_volume, ensemble,
+                                                threshold, progress)
+        return volumes.predict_with_2d_support(self, query_volume, support, axis, ensemble, threshold, progress)
 
 
 def predict_each(

@@ -75,30 +75,8 @@ def prepare_volume_support(
     return VolumeSupport(images, masks, present, labels, axis)
 
 
-def predict_volume(
-    segmenter: Segmenter,
-    query_volume: np.ndarray,
-    support: PreparedSupport | VolumeSupport,
-    *,
-    axis: int = 2,
-    slices_per_volume: int | None = None,
-    ensemble: int = 1,
-    threshold: float = 0.5,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """A label map with the query volume's shape (see ``Segmenter.predict_volume``)."""
-    query_volume = np.asarray(query_volume)
-    if query_volume.ndim != 3:
-        raise InputError(f"query_volume must be 3D, got shape {query_volume.shape}", field="query")
-    check_axis(axis)
-    if isinstance(support, VolumeSupport):
-        if support.axis != axis:
-            raise InputError(f"the support volumes were prepared for axis {support.axis}, not {axis}", field="axis")
-        return _with_volumes(segmenter, query_volume, support, slices_per_volume, ensemble, threshold, progress)
-    return _with_2d_support(segmenter, query_volume, support, axis, ensemble, threshold, progress)
-
-
-def _with_2d_support(segmenter, volume, support: PreparedSupport, axis, ensemble, threshold, progress) -> np.ndarray:
+def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: PreparedSupport, axis: int,
+                            ensemble: int, threshold: float, progress: ProgressFn | None) -> np.ndarray:
     """Every slice along ``axis`` segmented with one 2D support set, SLICE_CHUNK slices per call."""
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold must be in [0, 1], got {threshold}", field="threshold")
@@ -116,10 +94,13 @@ def _with_2d_support(segmenter, volume, support: PreparedSupport, axis, ensemble
     return np.moveaxis(out, 0, axis)
 
 
-def _with_volumes(segmenter, volume, support: VolumeSupport, slices_per_volume, ensemble, threshold,
-                  progress) -> np.ndarray:
+def predict_with_volumes(segmenter: Segmenter, volume: np.ndarray, support: VolumeSupport, axis: int,
+                         slices_per_volume: int | None, ensemble: int, threshold: float,
+                         progress: ProgressFn | None) -> np.ndarray:
     """Position-matched: for the query slice at relative depth p, each support volume gives the
     ``slices_per_volume`` slices nearest to p that hold the label (per label)."""
+    if support.axis != axis:
+        raise InputError(f"the support volumes were prepared for axis {support.axis}, not {axis}", field="axis")
     n_items = support.size
     per_volume = slices_per_volume or max(1, segmenter.max_support // n_items)
     if per_volume * n_items > segmenter.max_support:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # System packages the test suite starts for real. Idempotent: installs only what is missing.
-#   redis-server               shared prompt store (tests/app, tests/deploy)
-#   nginx                      the compose file's reverse proxy, run in front of two replicas (tests/deploy);
+#   redis-server               shared prompt store (tests/app, tests/system/deploy)
+#   nginx                      the compose file's reverse proxy, run in front of two replicas (tests/system/deploy);
 #                              the tests start their own on a free port (on a systemd host apt also starts
 #                              Debian's default site on port 80, which they do not need)
-#   chromium, chromium-driver  the headless browser of the viewer test, driven by Playwright (tests/viewer);
+#   chromium, chromium-driver  the headless browser of the viewer test, driven by Playwright (tests/system/viewer);
 #                              Playwright's own browser download is never used
 set -euo pipefail
 need=()

@@ -101,7 +101,7 @@ class Client(BaseClient):
         """Segment one query with a support set or a stored prompt, synchronously.
 
         Args:
-            query: the image: a path, bytes, a numpy array ((H, W), (H, W, 3) uint8, or (X, Y, Z)), a PIL
+            query: the image: a path, bytes, a numpy array ((H, W), (H, W, 3) uint8, or (H, W, D)), a PIL
                 image or a nibabel image. Small volumes are answered here; large ones need ``segment_volume``.
             support_images: example images (a list), paired by order with
             support_masks: their label maps (0 background, 1..K); every label is segmented.
@@ -178,7 +178,7 @@ class Client(BaseClient):
         """Segment a volume as a background job, showing its progress, and return its mask.
 
         Args:
-            query: a NIfTI volume: a path, bytes, a nibabel image or an (X, Y, Z) array (identity affine).
+            query: a NIfTI volume: a path, bytes, a nibabel image or an (H, W, D) array (identity affine).
             support_images, support_masks, prompt_id, threshold, ensemble, axis: as ``segment``; the support set
                 is NIfTI volumes (matched slice by slice) or 2D images (applied to every slice).
             progress: True: a tqdm bar; a callable: called with (slices done, total); False: silent.
@@ -187,7 +187,7 @@ class Client(BaseClient):
                 ``APITimeoutError`` raised.
 
         Returns:
-            The mask: ``result.mask`` (X, Y, Z), ``result.affine`` (the query's), ``result.nifti`` (nibabel).
+            The mask: ``result.mask`` (H, W, D), ``result.affine`` (the query's), ``result.nifti`` (nibabel).
 
         Raises:
             JobFailedError: the job failed or was cancelled on the server.

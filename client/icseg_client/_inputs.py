@@ -4,7 +4,7 @@ Arrays are encoded losslessly: uint8/uint16 (and whole-number labels) as PNG, ot
 float TIFF, 3D arrays as NIfTI. Files are sent as they are: the service detects formats by their leading
 bytes, so file names are never sent (``query.png``, ``support_images-3.nii.gz`` stand in).
 
-Letters: H x W a 2D image, X x Y x Z a volume.
+Letters: H x W a 2D image; a volume is (H, W, D), D slices along its last axis.
 """
 
 from __future__ import annotations
@@ -62,31 +62,35 @@ class Upload:
 
 
 def detect_format(data: bytes) -> str:
-    """The format named by a file's leading bytes (as the service detects it), or "unknown"."""
+    """The format named by a file's leading bytes, or "unknown": the service's own rules (``data/io/detect.py``
+    on the server; tests/client/test_client_formats.py pins both to one table)."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
-    if data.startswith(b"BM"):
+    if data.startswith(b"BM") and len(data) >= 26:
         return "bmp"
     if data.startswith(b"\x1f\x8b"):
         return "gzip"
-    if _nifti_header_size(data) in (348, 540):
+    if _nifti_version(data):
         return "nifti"
     if data[128:132] == b"DICM":
         return "dicom"
     return "unknown"
 
 
-def _nifti_header_size(data: bytes) -> int:
-    if len(data) < 4:
+def _nifti_version(head: bytes) -> int:
+    """1 or 2 when ``head`` starts a NIfTI header (sizeof_hdr 348 or 540, either byte order), else 0."""
+    if len(head) < 4:
         return 0
     for order in ("little", "big"):
-        size = int.from_bytes(data[:4], order, signed=True)
-        if size in (348, 540):
-            return size
+        size = int.from_bytes(head[:4], order, signed=True)
+        if size == 348 and len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
+            return 1
+        if size == 540 and len(head) >= 12 and head[4:7] in (b"n+2", b"ni2"):
+            return 2
     return 0
 
 
@@ -99,7 +103,7 @@ def to_upload(obj: Any, field: str, *, mask: bool = False) -> Upload:
 
     Args:
         obj: a file path (str or PathLike), the file's bytes, a binary file object, a numpy array
-            ((H, W), (H, W, 3|4) uint8 colour, or (X, Y, Z) a volume), a PIL image or a nibabel image.
+            ((H, W), (H, W, 3|4) uint8 colour, or (H, W, D) a volume), a PIL image or a nibabel image.
         field: the argument's name for error messages, e.g. ``support_images[0]``.
         mask: the input is a label map: floats must hold whole numbers, colour arrays are refused.
 
@@ -173,7 +177,7 @@ def _from_array(array: np.ndarray, field: str, mask: bool) -> Upload:
     if a.ndim == 3:
         return _from_nibabel(_nibabel().Nifti1Image(np.ascontiguousarray(a), np.eye(4)), field)
     if a.ndim != 2 or a.size == 0:
-        raise InvalidInputError(f"{field} must be (H, W), (H, W, 3) uint8 or (X, Y, Z); got shape {a.shape}", field)
+        raise InvalidInputError(f"{field} must be (H, W), (H, W, 3) uint8 or (H, W, D); got shape {a.shape}", field)
     if a.dtype == bool:
         a = a.astype(np.uint8)
     if a.dtype.kind == "f" or a.dtype.kind in "iu":
@@ -238,12 +242,12 @@ def decode_nifti(data: bytes):
     nib = _nibabel()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    klass = nib.Nifti2Image if _nifti_header_size(data) == 540 else nib.Nifti1Image
+    klass = nib.Nifti2Image if _nifti_version(data) == 2 else nib.Nifti1Image
     return klass.from_bytes(data)
 
 
 def decode_upload(upload: Upload) -> np.ndarray:
-    """The pixels of an upload: (H, W[, 3]) for 2D formats, (X, Y, Z) for NIfTI."""
+    """The pixels of an upload: (H, W[, 3]) for 2D formats, (H, W, D) for NIfTI."""
     if upload.is_volume:
         return np.asanyarray(decode_nifti(upload.content).dataobj)
     if upload.format == "dicom":

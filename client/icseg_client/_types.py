@@ -30,7 +30,7 @@ class SegmentResult:
         media_type: ``image/png``, ``image/tiff`` or ``application/gzip`` (NIfTI).
         labels: the label values segmented (every label of the support set), ascending.
         label_names: label value -> name, from a stored prompt.
-        shape: the mask's shape: (H, W) or (X, Y, Z), the query's.
+        shape: the mask's shape: (H, W) or (H, W, D), the query's.
         timings: milliseconds: the service's ``decode``, ``model``, ``encode`` (jobs: ``queued``, ``run``)
             and the client's ``round_trip``.
         probs: with ``probs=True``: (K, H, W) float32 in [0, 1] (8-bit precision), one per label.
@@ -64,7 +64,7 @@ class SegmentResult:
 
     @cached_property
     def mask(self) -> np.ndarray:
-        """The label map: (H, W) or (X, Y, Z) uint8 (uint16 above 255 labels), 0 background."""
+        """The label map: (H, W) or (H, W, D) uint8 (uint16 above 255 labels), 0 background."""
         if self.is_volume:
             return np.asarray(self.nifti.dataobj)
         return decode_2d(self.data, mask=True)

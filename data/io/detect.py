@@ -1,5 +1,5 @@
 """Formats by their leading bytes, never by file name (the SDK's ``icseg_client._inputs.detect_format``
-gives the same answers: tests/test_format_detection.py pins both to one table)."""
+gives the same answers: tests/client/test_client_formats.py pins both to one table)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def write_inputs(root: Path, rng: np.random.Generator, n_png: int = 9) -> Path:
         elif i == 2:
             image = image.astype(np.uint16) * 200  # 16-bit
         save_image(image, folder / f"scan{i:02d}.png")
-    volume = np.stack([_scene(rng, (30, 26))[0] for _ in range(5)], axis=2).astype(np.float32)  # (X, Y, Z)
+    volume = np.stack([_scene(rng, (30, 26))[0] for _ in range(5)], axis=2).astype(np.float32)  # (H, W, D)
     save_image(volume, folder / "volA.nii.gz", affine=AFFINE)
     save_image(volume[:24, :22, :4].astype(np.int16), folder / "volB.nii", affine=AFFINE)
     whole = (folder / "scan00.png").read_bytes()

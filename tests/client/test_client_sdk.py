@@ -73,7 +73,7 @@ def test_volume_inputs_path_nibabel_numpy(client, rng, tmp_path):
     np.testing.assert_allclose(by_path.affine, AFFINE)
     assert isinstance(by_path.nifti, nib.Nifti1Image)
     by_nibabel = client.segment(nib.Nifti1Image(volume, AFFINE), [nib.Nifti1Image(v, AFFINE) for v, _ in support],
-                                [m for _, m in support])  # masks as (X, Y, Z) numpy arrays
+                                [m for _, m in support])  # masks as (H, W, D) numpy arrays
     np.testing.assert_array_equal(by_nibabel.mask, by_path.mask)
     np.testing.assert_allclose(by_nibabel.affine, AFFINE)
     by_numpy = client.segment(volume, [v for v, _ in support], [m for _, m in support])
@@ -224,7 +224,7 @@ def test_volume_job_with_progress(client, app_client, rng, tmp_path, capsys):
 def test_volume_with_a_2d_prompt(client, rng, task):
     _, images, masks = task
     prompt = client.create_prompt(images, masks)
-    volume = np.stack([disk_pair(rng, (40, 40), labels=(1, 2))[0] for _ in range(5)], axis=2)  # (X, Y, Z)
+    volume = np.stack([disk_pair(rng, (40, 40), labels=(1, 2))[0] for _ in range(5)], axis=2)  # (H, W, D)
     result = client.segment_volume(nib.Nifti1Image(volume, AFFINE), prompt=prompt, progress=False)
     assert result.shape == (40, 40, 5) and result.labels == [1, 2]
     for z in range(5):  # every slice segmented with the prompt, as a 2D query would be

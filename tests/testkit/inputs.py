@@ -32,7 +32,7 @@ def disk_pair(rng: np.random.Generator, size=(48, 56), labels=(1,)) -> tuple[np.
 
 
 def ball_volume(rng: np.random.Generator, shape=(24, 20, 10)) -> tuple[np.ndarray, np.ndarray]:
-    """A float32 volume (X, Y, Z) with a bright ball and its uint8 mask."""
+    """A float32 volume (H, W, D) with a bright ball and its uint8 mask."""
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
     centre = np.array(shape)[:, None, None, None] / 2 + rng.uniform(-1.5, 1.5, (3, 1, 1, 1))
     ball = (((grid - centre) / (np.array(shape)[:, None, None, None] / 3.5)) ** 2).sum(0) < 1

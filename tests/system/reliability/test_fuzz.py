@@ -5,7 +5,7 @@ Bounded for CI: FUZZ_MAX_EXAMPLES (default 10) examples per operation and per ge
 and schema-violating data), hypothesis' generate phase only, seeded (FUZZ_SEED). The long run reported in
 docs/reliability.md is the same test with a larger FUZZ_MAX_EXAMPLES:
 
-    FUZZ_MAX_EXAMPLES=100 FUZZ_SEED=1 pytest tests/reliability/test_fuzz.py -q -s
+    FUZZ_MAX_EXAMPLES=100 FUZZ_SEED=1 pytest tests/system/reliability/test_fuzz.py -q -s
 
 File fields are drawn either as schemathesis generates them (random strings) or, half of the time, from a
 pool of real and damaged images, masks and volumes, and ids from real prompts and jobs, so that the
