@@ -9,7 +9,7 @@ import logging
 import sys
 
 # one module per subcommand group; each defines register(subparsers) and sets a `func` default
-COMMAND_MODULES = ["cli.train", "cli.serve", "cli.segment", "cli.prompt", "cli.batch"]
+COMMAND_MODULES = ["cli.train", "cli.evaluate", "cli.serve", "cli.segment", "cli.prompt", "cli.batch"]
 
 
 def build_parser() -> argparse.ArgumentParser:

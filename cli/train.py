@@ -1,5 +1,4 @@
-"""`icseg train` and `icseg eval`: the flags of ``TrainConfig``; the work is ``model.train`` and
-``model.evaluate``'s (imported when the command runs)."""
+"""`icseg train`: the flags of ``TrainConfig``; the work is ``model.train``'s (imported when the command runs)."""
 
 from __future__ import annotations
 
@@ -39,16 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_train)
 
-    e = sub.add_parser("eval", help="in-context Dice per dataset and label against two non-learned baselines")
-    e.add_argument("--data-root", required=True, help="dataset folder")
-    e.add_argument("--datasets", type=_tuple, required=True, help="comma-separated dataset names")
-    e.add_argument("--weights", default=None, help="weights file (default: the embedded default model)")
-    e.add_argument("--support-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
-    e.add_argument("--queries", type=int, default=20, help="held-out queries per dataset and label")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--json", dest="json_path", default=None, help="write the results here")
-    e.add_argument("--no-progress", dest="progress", action="store_false")
-    e.set_defaults(func=_eval)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -60,8 +49,3 @@ def _train(args: argparse.Namespace) -> int:
     Trainer(cfg).run()
     return 0
 
-
-def _eval(args: argparse.Namespace) -> int:
-    from model.evaluate import main_eval
-
-    return main_eval(args)

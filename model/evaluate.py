@@ -9,10 +9,11 @@ Baselines: (a) naive Bayes on the support set's foreground/background intensity 
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,13 +21,11 @@ from monai.metrics import DiceMetric
 from PIL import Image
 from tqdm import tqdm
 
-from data.datasets import DatasetFolder
+from data.datasets import DatasetFolder, case_group
 from data.preprocess import normalize, resize, to_gray
 from model.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
-
-METHODS = ("icseg", "naive_bayes", "mean_mask")
 
 
 def naive_bayes(
@@ -62,19 +61,33 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(metric(p, t)[0, 0])
 
 
-def _load_2d(folder: DatasetFolder, name: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    images, masks = [], []
-    for _, image_path, mask_path in folder.cases(name):
+def _load_2d(folder: DatasetFolder, name: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    images, masks, groups = [], [], []
+    for case, image_path, mask_path in folder.cases(name):
         with Image.open(image_path) as im:
             images.append(np.asarray(im))
         with Image.open(mask_path) as im:
             m = np.asarray(im)
         masks.append(m[..., 0] if m.ndim == 3 else m)
-    return images, masks
+        groups.append(case_group(case))
+    return images, masks, groups
+
+
+Predictor = Callable[[np.ndarray, list[np.ndarray], list[np.ndarray]], np.ndarray]
+
+
+def segmenter_predictor(segmenter: Segmenter, **options) -> Predictor:
+    """(query, support_images, support_masks) -> (H, W) probabilities of the one label, with ``options``
+    passed to ``Segmenter.predict_proba`` (e.g. ``ensemble``)."""
+
+    def predict(query, support_images, support_masks):
+        return segmenter.predict_proba(query, support_images, support_masks, **options)[0]
+
+    return predict
 
 
 def evaluate(
-    segmenter: Segmenter,
+    predictors: dict[str, Predictor],
     folder: DatasetFolder,
     datasets: tuple[str, ...],
     support_sizes: list[int],
@@ -82,13 +95,26 @@ def evaluate(
     seed: int,
     progress: bool = True,
 ) -> list[dict]:
-    """Rows of {dataset, label, support_size, method, dice, n}."""
+    """Rows of {dataset, label, support_size, method, dice, n, seconds}: every predictor and both baselines
+    on the same queries and the same (nested, seeded) support sets.
+
+    Support items never come from the query's own patient or volume (``case_group``), so that neighbouring
+    slices and augmented copies of a query cannot flatter its Dice. ``seconds`` is the mean time of one
+    prediction (baselines included).
+    """
+    methods: dict[str, Predictor] = {
+        **predictors,
+        "naive_bayes": naive_bayes,
+        "mean_mask": lambda query, _, support_masks: mean_mask(query.shape[:2], support_masks),
+    }
     scores: dict[tuple, list[float]] = defaultdict(list)
+    times: dict[tuple, list[float]] = defaultdict(list)
     for name in datasets:
         if folder.is_volume(name):
             log.warning("skipping %s: eval covers 2D datasets", name)
             continue
-        images, masks = _load_2d(folder, name)
+        images, masks, groups = _load_2d(folder, name)
+        group_of = np.array(groups)
         labels = sorted(set().union(*(np.unique(m).tolist() for m in masks)) - {0})
         for label in labels:
             present = np.array([i for i, m in enumerate(masks) if (m == label).any()])
@@ -97,69 +123,66 @@ def evaluate(
             rng = np.random.default_rng([seed, zlib.crc32(f"{name}/{label}".encode())])
             queries = rng.choice(present, size=min(n_queries, present.size - 1), replace=False)
             for q in tqdm(queries, desc=f"{name}/{label}", disable=not progress):
-                others = rng.permutation(present[present != q])  # nested support sets across sizes
+                pool = present[group_of[present] != group_of[q]]
+                if pool.size == 0:
+                    continue
+                others = rng.permutation(pool)  # nested support sets across sizes
                 truth = masks[q] == label
                 for size in support_sizes:
                     chosen = others[: min(size, others.size)]
                     s_img = [images[i] for i in chosen]
                     s_msk = [(masks[i] == label).astype(np.uint8) for i in chosen]
-                    probs = segmenter.predict_proba(images[q], s_img, s_msk)[0]
-                    preds = {
-                        "icseg": probs >= 0.5,
-                        "naive_bayes": naive_bayes(images[q], s_img, s_msk),
-                        "mean_mask": mean_mask(truth.shape, s_msk),
-                    }
-                    for method, pred in preds.items():
+                    for method, run in methods.items():
+                        start = time.perf_counter()
+                        pred = run(images[q], s_img, s_msk) >= 0.5
+                        times[(name, label, size, method)].append(time.perf_counter() - start)
                         scores[(name, label, size, method)].append(_dice(pred, truth))
     return [
-        {"dataset": d, "label": lab, "support_size": s, "method": m, "dice": float(np.mean(v)), "n": len(v)}
-        for (d, lab, s, m), v in sorted(scores.items())
+        {"dataset": d, "label": lab, "support_size": s, "method": m, "dice": float(np.mean(v)), "n": len(v),
+         "seconds": float(np.mean(times[(d, lab, s, m)]))}
+        for (d, lab, s, m), v in scores.items()  # dataset, label, S, then methods in the order given
     ]
+
+
+def methods_of(rows: list[dict]) -> list[str]:
+    """Method names in first-seen order (predictors first, then the baselines)."""
+    return list(dict.fromkeys(r["method"] for r in rows))
+
+
+def dataset_means(rows: list[dict]) -> dict[tuple[str, int], float]:
+    """{(method, S): mean Dice over datasets, labels averaged within a dataset first}."""
+    per: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        per[(r["method"], r["support_size"])][r["dataset"]].append(r["dice"])
+    return {k: float(np.mean([np.mean(v) for v in d.values()])) for k, d in per.items()}
 
 
 def summary_table(rows: list[dict], support_sizes: list[int]) -> str:
     """Markdown: one line per dataset/label and support size, plus the mean over datasets (labels averaged first)."""
+    methods = methods_of(rows)
     by = {(r["dataset"], r["label"], r["support_size"], r["method"]): r["dice"] for r in rows}
     keys = sorted({(r["dataset"], r["label"]) for r in rows})
-    lines = ["| dataset/label | S | icseg | naive Bayes | mean mask |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| dataset/label | S | " + " | ".join(methods) + " |", "| --- | --- |" + " --- |" * len(methods)]
     for d, lab in keys:
         for s in support_sizes:
-            if (d, lab, s, "icseg") in by:
-                vals = " | ".join(f"{by[(d, lab, s, m)]:.3f}" for m in METHODS)
-                lines.append(f"| {d}/{lab} | {s} | {vals} |")
+            if all((d, lab, s, m) in by for m in methods):
+                lines.append(f"| {d}/{lab} | {s} | " + " | ".join(f"{by[(d, lab, s, m)]:.3f}" for m in methods) + " |")
+    means = dataset_means(rows)
     for s in support_sizes:
-        means = []
-        for m in METHODS:
-            per_dataset = defaultdict(list)
-            for (d, _, ss, mm), v in by.items():
-                if ss == s and mm == m:
-                    per_dataset[d].append(v)
-            means.append(np.mean([np.mean(v) for v in per_dataset.values()]) if per_dataset else float("nan"))
-        lines.append(f"| **mean over datasets** | {s} | " + " | ".join(f"**{v:.3f}**" for v in means) + " |")
+        vals = " | ".join(f"**{means[(m, s)]:.3f}**" if (m, s) in means else "n/a" for m in methods)
+        lines.append(f"| **mean over datasets** | {s} | {vals} |")
     return "\n".join(lines)
 
 
-def main_eval(args) -> int:
-    segmenter = Segmenter.from_pretrained(args.weights, seed=args.seed)
-    folder = DatasetFolder(args.data_root)
-    missing = [d for d in args.datasets if d not in folder.names()]
-    if missing:
-        log.error("datasets not found under %s: %s", args.data_root, ", ".join(missing))
-        return 2
-    rows = evaluate(segmenter, folder, args.datasets, args.support_sizes, args.queries, args.seed, args.progress)
-    table = summary_table(rows, args.support_sizes)
-    print(table)
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(
-                {
-                    "weights": segmenter.net.weights_info,
-                    "seed": args.seed,
-                    "queries": args.queries,
-                    "support_sizes": args.support_sizes,
-                    "rows": rows,
-                },
-                f,
-                indent=2,
-            )
-    return 0
+def latency_table(rows: list[dict], support_sizes: list[int]) -> str:
+    """Markdown: mean Dice over datasets and mean seconds per prediction, per method and support size."""
+    means = dataset_means(rows)
+    secs: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for r in rows:
+        secs[(r["method"], r["support_size"])].append(r["seconds"])
+    lines = ["| method | S | mean Dice | s / prediction |", "| --- | --- | --- | --- |"]
+    for m in methods_of(rows):
+        for s in support_sizes:
+            if (m, s) in means:
+                lines.append(f"| {m} | {s} | {means[(m, s)]:.3f} | {np.mean(secs[(m, s)]):.3f} |")
+    return "\n".join(lines)

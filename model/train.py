@@ -6,10 +6,10 @@ run would, whatever the number of data workers. Letters: B episodes per batch, S
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from data.augment import apply_in_task, apply_task_level, in_task_batched, in_task_transform
 from data.datasets import Task, choose_task, load_tasks, sample_episode
+from data.io import write_atomic
 from data.pack import read_pack
 from data.superpixel import superpixel_episode
 from data.synthetic import synthetic_episode
@@ -152,11 +153,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    """``torch.save`` through the tree's one atomic writer (imported here: this file's imports stay put)."""
-    import io
-
-    from data.io import write_atomic
-
+    """``torch.save`` through the tree's one atomic writer."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_atomic(path, buffer.getvalue())
