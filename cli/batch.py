@@ -25,6 +25,7 @@ from pathlib import Path
 from cli.common import (
     IMAGE_SUFFIXES,
     UsageError,
+    add_command,
     add_segment_options,
     check_segment_options,
     expand,
@@ -55,17 +56,15 @@ exit codes: 0 ok, 1 an input failed (see the CSV) or a setup failure, 2 usage er
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "batch",
+    p = add_command(
+        subparsers, "batch",
         help="segment many images/volumes with one support set on Ray (local or an existing cluster)",
         description="Segment every input with one support set through a pool of model replicas on Ray. "
         "Needs the batch extra: pip install -e '.[batch]'.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--prompt-dir", required=True, metavar="DIR", help="support set: DIR/images and DIR/masks")
     p.add_argument("--inputs", required=True, metavar="MANIFEST_OR_DIR", help="a folder of inputs or a manifest")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
     p.add_argument("--summary", metavar="CSV", help="summary file (default: OUT/batch-summary.csv)")
     p.add_argument("--weights", help="weights file (default: ICSEG_WEIGHTS, then the embedded default model); "
                    "on a cluster it must exist at this path on every node")
@@ -82,7 +81,6 @@ def register(subparsers) -> None:
     p.add_argument("--retry-failed", action="store_true",
                    help="retry inputs that failed in the previous run even if unchanged since (default: keep them "
                    "as failed without work)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 
 

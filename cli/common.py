@@ -5,6 +5,7 @@ Printing is the command line's job: messages go to stderr, results (ids, tables,
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +20,17 @@ class UsageError(Exception):
     """Arguments that cannot work; exit code 2."""
 
 
+def add_command(subparsers, name: str, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A subcommand whose epilog (examples, settings) keeps its own line breaks."""
+    return subparsers.add_parser(name, help=help, description=description, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_segment_options(parser) -> None:
-    """The segmentation options of the API's form, as `icseg segment` and `icseg batch` take them."""
+    """What `icseg segment` and `icseg batch` share: the output folder, the segmentation options of the API's
+    form, the progress bar."""
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--threshold", type=float, default=0.5, help="probability at which a pixel gets a label")
     parser.add_argument("--ensemble", type=int, default=1, help="average over this many random support subsets")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,

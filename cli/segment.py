@@ -16,6 +16,7 @@ from pathlib import Path
 from cli.common import (
     IMAGE_SUFFIXES,
     UsageError,
+    add_command,
     add_segment_options,
     check_segment_options,
     expand,
@@ -44,16 +45,14 @@ exit codes: 0 ok, 1 failure (message printed), 2 usage error"""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "segment",
+    p = add_command(
+        subparsers, "segment",
         help="segment a query image, volume or folder with a support set or a stored prompt",
         description="Segment every label of the support set in each query. Without --url the model runs in "
         "this process; with --url a server does the work.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--query", required=True, metavar="PATH_OR_DIR", help="an image or volume file, or a folder of them")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
     p.add_argument("--support-images", nargs="+", metavar="PATH",
                    help="example images, paired by order with --support-masks (files, or one folder: sorted)")
     p.add_argument("--support-masks", nargs="+", metavar="PATH",
@@ -63,7 +62,6 @@ def register(subparsers) -> None:
     p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<name>.png: mask contours on the "
                    "query (the slice with most foreground for volumes)")
     add_segment_options(p)
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     server = p.add_argument_group("server mode")
     server.add_argument("--url", help="the icseg server, e.g. http://gpu-box:8000 (omit: run the model here)")
     server.add_argument("--api-key", help="the server's API key; prefer the ICSEG_API_KEY environment variable "

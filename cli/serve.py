@@ -6,18 +6,18 @@ import argparse
 import logging
 
 from app.settings import settings_help
+from cli.common import add_command
 
 log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "serve",
+    parser = add_command(
+        subparsers, "serve",
         help="run the HTTP service",
         description="Run the segmentation service (one process; the model is loaded once). "
         "Configure it with the environment variables below.",
         epilog=settings_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
