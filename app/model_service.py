@@ -105,6 +105,11 @@ class ModelService:
     def _predict_many(self, queries: Sequence[np.ndarray], support: PreparedSupport, ensemble: int) -> list[np.ndarray]:
         return self.segmenter.predict_many(queries, support, ensemble=ensemble)
 
+    def predict_blocking(self, query: np.ndarray, support: PreparedSupport, ensemble: int = 1,
+                         progress: Progress | None = None) -> np.ndarray:
+        """(K, H, W) float32 probabilities for one 2D query on the calling thread (a job worker)."""
+        return self.segmenter.predict_many([query], support, ensemble=ensemble, progress=progress)[0]
+
     async def predict(self, query: np.ndarray, support: PreparedSupport, ensemble: int = 1) -> np.ndarray:
         """Micro-batched on the model thread: (K, H, W) float32 probabilities for one 2D query.
 

@@ -172,8 +172,7 @@ async def run_model(task: SegmentTask, model: ModelService, settings: Settings) 
 def run_blocking(task: SegmentTask, model: ModelService, progress: Progress | None) -> np.ndarray:
     """Jobs and synchronous volumes (on a worker thread): the label map at the query's shape."""
     if not task.is_volume:
-        probs = model.segmenter.predict_many([task.query.array], task.support, ensemble=task.ensemble,
-                                             progress=progress)[0]
+        probs = model.predict_blocking(task.query.array, task.support, task.ensemble, progress)
         return merge_labels(probs, task.labels, task.threshold)
     return model.segment_volume(task.query.array, support=task.support, axis=task.axis, ensemble=task.ensemble,
                                 threshold=task.threshold, progress=progress)
