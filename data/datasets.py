@@ -181,6 +181,17 @@ def case_group(case_id: str) -> str:
     return case_id
 
 
+def may_pair(query_case: str, support_case: str, min_slice_gap: int = 16) -> bool:
+    """Whether a validation episode may use ``support_case`` with ``query_case``: a different patient or volume
+    (``case_group``), or, for ids of the form ``<volume>_<slice>``, a slice of the same volume at least
+    ``min_slice_gap`` slices away (a set whose cases all come from one scan keeps a support pool, and
+    neighbouring slices are never paired)."""
+    if case_group(query_case) != case_group(support_case):
+        return True
+    q, s = re.fullmatch(r"(\d+)_(\d+)", query_case), re.fullmatch(r"(\d+)_(\d+)", support_case)
+    return bool(q and s) and abs(int(q[2]) - int(s[2])) >= min_slice_gap
+
+
 def load_tasks(
     root: str | Path, names: list[str] | None, size: int, exclude: tuple[str, ...] = (), empty_step: int = 0
 ) -> dict[str, list[Task]]:

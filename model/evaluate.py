@@ -21,7 +21,7 @@ from monai.metrics import DiceMetric
 from PIL import Image
 from tqdm import tqdm
 
-from data.datasets import DatasetFolder, case_group
+from data.datasets import DatasetFolder, may_pair
 from data.preprocess import normalize, resize, to_gray
 from model.segmenter import Segmenter
 
@@ -62,15 +62,15 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _load_2d(folder: DatasetFolder, name: str) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    images, masks, groups = [], [], []
+    images, masks, cases = [], [], []
     for case, image_path, mask_path in folder.cases(name):
         with Image.open(image_path) as im:
             images.append(np.asarray(im))
         with Image.open(mask_path) as im:
             m = np.asarray(im)
         masks.append(m[..., 0] if m.ndim == 3 else m)
-        groups.append(case_group(case))
-    return images, masks, groups
+        cases.append(case)
+    return images, masks, cases
 
 
 Predictor = Callable[[np.ndarray, list[np.ndarray], list[np.ndarray]], np.ndarray]
@@ -98,8 +98,8 @@ def evaluate(
     """Rows of {dataset, label, support_size, method, dice, n, seconds}: every predictor and both baselines
     on the same queries and the same (nested, seeded) support sets.
 
-    Support items never come from the query's own patient or volume (``case_group``), so that neighbouring
-    slices and augmented copies of a query cannot flatter its Dice. ``seconds`` is the mean time of one
+    Support items never come from the query's own patient or volume, nor from its neighbouring slices
+    (``may_pair``), so that near-copies of a query cannot flatter its Dice. ``seconds`` is the mean time of one
     prediction (baselines included).
     """
     methods: dict[str, Predictor] = {
@@ -113,8 +113,7 @@ def evaluate(
         if folder.is_volume(name):
             log.warning("skipping %s: eval covers 2D datasets", name)
             continue
-        images, masks, groups = _load_2d(folder, name)
-        group_of = np.array(groups)
+        images, masks, cases = _load_2d(folder, name)
         labels = sorted(set().union(*(np.unique(m).tolist() for m in masks)) - {0})
         for label in labels:
             present = np.array([i for i, m in enumerate(masks) if (m == label).any()])
@@ -123,7 +122,7 @@ def evaluate(
             rng = np.random.default_rng([seed, zlib.crc32(f"{name}/{label}".encode())])
             queries = rng.choice(present, size=min(n_queries, present.size - 1), replace=False)
             for q in tqdm(queries, desc=f"{name}/{label}", disable=not progress):
-                pool = present[group_of[present] != group_of[q]]
+                pool = np.array([i for i in present if may_pair(cases[q], cases[i])], dtype=int)
                 if pool.size == 0:
                     continue
                 others = rng.permutation(pool)  # nested support sets across sizes
