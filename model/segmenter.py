@@ -17,6 +17,7 @@ import torch
 from data.errors import InputError
 from data.preprocess import prepare_gray, resize, to_gray
 from model import volume as volumes
+from model import volume_plan
 from model.network import UniverSegNet, count_parameters
 from model.support import PreparedSupport, merge_labels, prepare_support
 from model.volume import VolumeSupport
@@ -271,7 +272,16 @@ class Segmenter:
 
     # -- 3D ----------------------------------------------------------------------------------------------
 
-    def predict_volume(
+    def predict_volume(self, query_volume: np.ndarray, support_volumes: Sequence[np.ndarray] | None = None,
+                       support_masks: Sequence[np.ndarray] | None = None, **kwargs) -> np.ndarray:
+        """Segment a 3D volume slice by slice: the mask of ``predict_volume_result`` (same arguments).
+
+        Returns:
+            mask: the query volume's shape, uint8 (uint16 for labels above 255).
+        """
+        return self.predict_volume_result(query_volume, support_volumes, support_masks, **kwargs).mask
+
+    def predict_volume_result(
         self,
         query_volume: np.ndarray,
         support_volumes: Sequence[np.ndarray] | None = None,
@@ -279,27 +289,38 @@ class Segmenter:
         *,
         support: PreparedSupport | VolumeSupport | None = None,
         axis: int = 2,
-        slices_per_volume: int | None = None,
+        support_slices: int | None = None,
+        skip_margin: float | None = volume_plan.DEFAULT_SKIP_MARGIN,
+        cascade: bool = False,
         ensemble: int = 1,
         threshold: float = 0.5,
+        probs: bool = False,
+        slices_per_volume: int | None = None,
         progress: ProgressFn | None = None,
-    ) -> np.ndarray:
-        """Segment a 3D volume slice by slice along ``axis``.
+    ) -> volumes.VolumeResult:
+        """Segment a 3D volume slice by slice along ``axis``, at a cost set before it runs.
 
-        With 3D support volumes, each query slice at relative depth p is segmented with the
-        ``slices_per_volume`` slices of each support volume nearest to p that hold the label (per label).
-        With a 2D support set (a ``PreparedSupport``, e.g. a stored prompt), every slice is segmented with it.
+        With 3D support volumes, each (query slice, label) at relative depth p is one task with
+        ``support_slices`` support slices in all: those nearest to p holding the label, spread over the
+        volumes. Query slices more than ``skip_margin`` (relative depth) outside every volume's labelled range
+        of a label are not run for it (background). With a 2D support set (a ``PreparedSupport``, e.g. a
+        stored prompt), every slice is segmented with it.
 
         Args:
             query_volume: (H, W, D) any dtype.
             support_volumes, support_masks: 3D volumes and their label maps, each pair the same shape; or
             support: a ``VolumeSupport`` (``prepare_volume_support``) or a 2D ``PreparedSupport``.
             axis: the slicing axis (0, 1 or 2; 2 is axial for RAS NIfTI).
-            slices_per_volume: support slices drawn per volume and label; default fills ``max_support``.
-            progress: called with (slices done, total slices); it may raise to cancel.
+            support_slices: support slices per task, in all (None: 16, capped by ``max_support``).
+            skip_margin: relative depth (0-1) beyond the labelled ranges that still runs; None: no skipping.
+            cascade: confident neighbouring predictions join the support of the next slices, outward.
+            probs: also return the (K, *query shape) probabilities.
+            slices_per_volume: the earlier knob: support slices per volume (``support_slices`` = this x S).
+            progress: called with (slices done, total slices), skipped slices counted as done; it may raise
+                to cancel.
 
         Returns:
-            mask: the query volume's shape, uint8 (uint16 for labels above 255).
+            A ``VolumeResult``: ``mask`` (the query's shape), ``skipped`` slices, ``probs`` when asked.
         """
         query_volume = np.asarray(query_volume)
         if query_volume.ndim != 3:
@@ -307,10 +328,16 @@ class Segmenter:
         volumes.check_axis(axis)
         if support is None:
             support = self.prepare_volume_support(support_volumes, support_masks, axis)
+        if isinstance(support, VolumeSupport) and slices_per_volume is not None:
+            support_slices = slices_per_volume * support.size
+            if support_slices > self.max_support:
+                raise InputError(f"{support_slices} support slices exceed {self.max_support}",
+                                 field="slices_per_volume")
+        options = volume_plan.VolumeOptions(support_slices=support_slices, ensemble=ensemble, axis=axis,
+                                            skip_margin=skip_margin, cascade=cascade, threshold=threshold)
         if isinstance(support, VolumeSupport):
-            return volumes.predict_with_volumes(self, query_volume, support, axis, slices_per_volume, ensemble,
-                                                threshold, progress)
-        return volumes.predict_with_2d_support(self, query_volume, support, axis, ensemble, threshold, progress)
+            return volumes.predict_with_volumes(self, query_volume, support, options, progress, probs)
+        return volumes.predict_with_2d_support(self, query_volume, support, options, progress, probs)
 
 
 def predict_each(

@@ -8,21 +8,23 @@ Letters: D slices along the slicing axis, H x W a slice, S support items, K labe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from data.errors import InputError
-from data.preprocess import normalize, prepare_mask, resize
+from data.preprocess import normalize
 from model.support import PreparedSupport, check_support_counts, label_set, merge_labels
+from model.volume_plan import VolumeOptions
+from model.volume_run import VolumeResult, run_volume
 
 if TYPE_CHECKING:
     from model.segmenter import Segmenter
 
 ProgressFn = Callable[[int, int], None]
 SLICE_CHUNK = 32  # slices per predict_many call against a 2D support set: bounds memory, lets progress cancel
+MIN_AREA_2D = 0.0  # 2D support over a volume: a label covering less of a slice than this is cleared there
 
 
 @dataclass
@@ -35,6 +37,7 @@ class VolumeSupport:
         present: per item and label, the indices of the slices that hold the label.
         labels: the K label values, ascending.
         axis: the slicing axis of the original (H, W, D) volumes.
+        cache: support slices and masks at the network's size, prepared once and shared by every query slice.
     """
 
     images: list[np.ndarray]
@@ -42,6 +45,7 @@ class VolumeSupport:
     present: list[list[np.ndarray]]
     labels: tuple[int, ...]
     axis: int
+    cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -75,72 +79,55 @@ def prepare_volume_support(
     return VolumeSupport(images, masks, present, labels, axis)
 
 
-def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: PreparedSupport, axis: int,
-                            ensemble: int, threshold: float, progress: ProgressFn | None) -> np.ndarray:
-    """Every slice along ``axis`` segmented with one 2D support set, SLICE_CHUNK slices per call."""
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold must be in [0, 1], got {threshold}", field="threshold")
-    slices = np.moveaxis(volume, axis, 0)  # (D, H, W)
+def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: PreparedSupport,
+                            options: VolumeOptions, progress: ProgressFn | None = None,
+                            want_probs: bool = False, min_area: float | None = None) -> VolumeResult:
+    """Every slice along ``axis`` segmented with one 2D support set, SLICE_CHUNK slices per call.
+
+    A 2D support set carries no position, so every slice runs; a label whose predicted area on a slice is
+    below ``min_area`` (a fraction of the slice; None: ``MIN_AREA_2D``) is cleared there: the same support on
+    a slice without the structure otherwise labels a few faint blobs.
+    """
+    if not 0.0 <= options.threshold <= 1.0:
+        raise InputError(f"threshold must be in [0, 1], got {options.threshold}", field="threshold")
+    min_area = MIN_AREA_2D if min_area is None else min_area
+    slices = np.moveaxis(volume, options.axis, 0)  # (D, H, W)
     depth = slices.shape[0]
-    out = np.zeros(slices.shape, dtype=np.uint8 if max(support.labels) <= 255 else np.uint16)
+    out_probs = np.zeros((len(support.labels), *slices.shape), dtype=np.float32)  # (K, D, H, W)
+    if progress is not None:
+        progress(0, depth)
     for first in range(0, depth, SLICE_CHUNK):
         chunk = list(slices[first:first + SLICE_CHUNK])
         inner = None
         if progress is not None:
             def inner(done, _total, first=first):
                 progress(first + done, depth)
-        probs = segmenter.predict_many(chunk, support, ensemble=ensemble, progress=inner)  # per slice (K, H, W)
-        out[first:first + len(chunk)] = merge_labels(np.stack(probs, axis=1), support.labels, threshold)
-    return np.moveaxis(out, 0, axis)
+        probs = segmenter.predict_many(chunk, support, ensemble=options.ensemble, progress=inner)  # (K, H, W) each
+        out_probs[:, first:first + len(chunk)] = np.stack(probs, axis=1)
+    area = (out_probs >= options.threshold).mean(axis=(2, 3))  # (K, D)
+    out_probs[area < min_area] = 0.0
+    mask = merge_labels(out_probs, support.labels, options.threshold)
+    probs = np.moveaxis(out_probs, 1, options.axis + 1) if want_probs else None
+    return VolumeResult(np.moveaxis(mask, 0, options.axis), support.labels, [], depth, probs,
+                        depth * len(support.labels))
 
 
-def predict_with_volumes(segmenter: Segmenter, volume: np.ndarray, support: VolumeSupport, axis: int,
-                         slices_per_volume: int | None, ensemble: int, threshold: float,
-                         progress: ProgressFn | None) -> np.ndarray:
-    """Position-matched: for the query slice at relative depth p, each support volume gives the
-    ``slices_per_volume`` slices nearest to p that hold the label (per label)."""
-    if support.axis != axis:
-        raise InputError(f"the support volumes were prepared for axis {support.axis}, not {axis}", field="axis")
-    n_items = support.size
-    per_volume = slices_per_volume or max(1, segmenter.max_support // n_items)
-    if per_volume * n_items > segmenter.max_support:
-        raise InputError(f"{per_volume * n_items} support slices exceed {segmenter.max_support}",
-                         field="slices_per_volume")
+def predict_with_volumes(segmenter: Segmenter, volume: np.ndarray, support: VolumeSupport,
+                         options: VolumeOptions, progress: ProgressFn | None = None,
+                         want_probs: bool = False) -> VolumeResult:
+    """Position-matched, at the cost ``options`` set (``model.volume_plan``, ``model.volume_run``): each
+    (query slice, label) task gets ``support_slices`` support slices in all, nearest its relative depth and
+    spread over the volumes; slices far outside every volume's labelled range are skipped (background)."""
+    options.check(segmenter.max_support)
+    if support.axis != options.axis:
+        raise InputError(f"the support volumes were prepared for axis {support.axis}, not {options.axis}",
+                         field="axis")
     query = _normalize_volume(np.moveaxis(volume, support.axis, 0), segmenter.clip_percentiles)  # (D, H, W)
-    depth, n_labels, size = query.shape[0], len(support.labels), segmenter.size
-    out_probs = np.zeros((n_labels, *query.shape), dtype=np.float32)  # (K, D, H, W)
-    batch = max(1, segmenter.max_batch_items // (per_volume * n_items * n_labels * ensemble))
-    for start in range(0, depth, batch):
-        idx = range(start, min(depth, start + batch))
-        q = torch.stack([resize(torch.from_numpy(query[i]), (size, size)) for i in idx])  # (B, N, N)
-        # one single-label support set per (slice, label): B * K binary tasks
-        supports = [s for i in idx for s in _matched(support, i / max(1, depth - 1), per_volume, size)]
-        probs = segmenter.predict_prepared(q.repeat_interleave(n_labels, dim=0), supports, ensemble)  # (B*K, 1, N, N)
-        probs = probs[:, 0].unflatten(0, (len(idx), n_labels))  # (B, K, N, N)
-        for j, i in enumerate(idx):
-            # clamp, not clamp_: at the network's own size resize returns the inference tensor itself
-            out_probs[:, i] = resize(probs[j], query.shape[1:]).clamp(0, 1).numpy()
-        if progress is not None:
-            progress(idx[-1] + 1, depth)
-    return np.moveaxis(merge_labels(out_probs, support.labels, threshold), 0, support.axis)
-
-
-def _matched(support: VolumeSupport, pos: float, per_volume: int, size: int) -> list[PreparedSupport]:
-    """One PreparedSupport per label: the slices nearest to relative position ``pos`` holding the label."""
-    out = []
-    for li, lab in enumerate(support.labels):
-        images, masks = [], []
-        for v, m, present in zip(support.images, support.masks, support.present):
-            candidates = present[li]
-            if candidates.size == 0:
-                continue
-            target = pos * (v.shape[0] - 1)
-            chosen = candidates[np.argsort(np.abs(candidates - target), kind="stable")[:per_volume]]
-            for c in chosen:
-                images.append(resize(torch.from_numpy(v[c]), (size, size)))
-                masks.append(prepare_mask(m[c], [lab], size)[0])
-        out.append(PreparedSupport(torch.stack(images), torch.stack(masks)[None], (lab,)))  # (S', N, N), (1, S', N, N)
-    return out
+    result = run_volume(segmenter, query, support, options, progress, want_probs)
+    result.mask = np.moveaxis(result.mask, 0, support.axis)
+    if result.probs is not None:
+        result.probs = np.moveaxis(result.probs, 1, support.axis + 1)  # (K, H, W, D) for axis 2
+    return result
 
 
 def _normalize_volume(volume: np.ndarray, clip_percentiles, field: str = "query") -> np.ndarray:

@@ -1,0 +1,173 @@
+"""What a volume costs, decided before the network runs: the options of a volume request, which query slices
+run for which label (the rest are skipped and set to background), and which support slices each (slice,
+label) task gets within its budget.
+
+All of it is plain numpy on relative positions: a query slice i of D sits at p = i / (D - 1); support volume
+v's slice j of D_v at j / (D_v - 1). Letters: D slices, K labels, S support items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.errors import InputError
+
+DEFAULT_SUPPORT_SLICES = 16  # per query slice and label, in all: ~1 s of CPU per task for the v1 shape
+DEFAULT_SKIP_MARGIN = 0.1  # relative depth beyond every support volume's labelled range that still runs
+
+
+@dataclass(frozen=True)
+class VolumeOptions:
+    """The cost-aware knobs of a volume request (the same names in the API, the SDK and the CLI).
+
+    Attributes:
+        support_slices: support slices per query slice and label, in all, spread over the support volumes
+            by position (None: ``DEFAULT_SUPPORT_SLICES``, capped by the model's ``max_support``).
+        ensemble: average over this many random subsets of each task's support slices.
+        axis: the slicing axis of the (H, W, D) volumes.
+        skip_margin: query slices farther than this (relative depth, 0-1) outside every support volume's
+            labelled range of a label are not run for it; None never skips.
+        cascade: confident predictions of already segmented neighbouring slices join the support of the next
+            slices, outward from the support's labelled range (in-context cascade, arXiv 2412.13299).
+        threshold: probability at which a voxel gets a label.
+    """
+
+    support_slices: int | None = None
+    ensemble: int = 1
+    axis: int = 2
+    skip_margin: float | None = DEFAULT_SKIP_MARGIN
+    cascade: bool = False
+    threshold: float = 0.5
+
+    def budget(self, max_support: int) -> int:
+        """The support slices per task, checked against the model's limit (raises InputError)."""
+        budget = min(DEFAULT_SUPPORT_SLICES, max_support) if self.support_slices is None else self.support_slices
+        if not 1 <= budget <= max_support:
+            raise InputError(f"support_slices must be between 1 and {max_support} (the support limit), got {budget}",
+                             field="support_slices")
+        return int(budget)
+
+    def check(self, max_support: int) -> None:
+        """Raises InputError naming the field for any option out of range."""
+        self.budget(max_support)
+        if self.axis not in (0, 1, 2):
+            raise InputError(f"axis must be 0, 1 or 2, got {self.axis}", field="axis")
+        if not 1 <= self.ensemble <= 16:
+            raise InputError(f"ensemble must be between 1 and 16, got {self.ensemble}", field="ensemble")
+        if self.skip_margin is not None and not 0.0 <= self.skip_margin <= 1.0:
+            raise InputError(f"skip_margin must be between 0 and 1 (relative depth), got {self.skip_margin}",
+                             field="skip_margin")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise InputError(f"threshold must be in [0, 1], got {self.threshold}", field="threshold")
+
+
+def relative(index: np.ndarray | int, depth: int) -> np.ndarray:
+    """Relative depth in [0, 1] of slice ``index`` of ``depth`` slices."""
+    return np.asarray(index, dtype=np.float64) / max(1, depth - 1)
+
+
+def labelled_ranges(present: list[list[np.ndarray]], depths: list[int], n_labels: int) -> list[list[tuple]]:
+    """Per label, the (first, last) relative depth of each support volume holding it."""
+    out = []
+    for li in range(n_labels):
+        ranges = []
+        for slices, depth in zip(present, depths):
+            if slices[li].size:
+                ranges.append((float(relative(slices[li][0], depth)), float(relative(slices[li][-1], depth))))
+        out.append(ranges)
+    return out
+
+
+def runs(depth: int, ranges: list[list[tuple]], margin: float | None) -> np.ndarray:
+    """(K, D) bool: which query slices run for which label.
+
+    A slice is skipped for a label when its relative depth lies more than ``margin`` outside every support
+    volume's labelled range of that label; ``margin`` None runs everything.
+    """
+    out = np.ones((len(ranges), depth), dtype=bool)
+    if margin is None:
+        return out
+    pos = relative(np.arange(depth), depth)
+    for li, label_ranges in enumerate(ranges):
+        keep = np.zeros(depth, dtype=bool)
+        for lo, hi in label_ranges:
+            keep |= (pos >= lo - margin - 1e-9) & (pos <= hi + margin + 1e-9)
+        out[li] = keep
+    return out
+
+
+def core(depth: int, ranges: list[list[tuple]]) -> np.ndarray:
+    """(K, D) bool: the query slices inside some support volume's labelled range (no margin): where a cascade
+    starts."""
+    return runs(depth, ranges, 0.0)
+
+
+def share(budget: int, distances: list[float]) -> list[int]:
+    """Spread ``budget`` support slices over the volumes holding a label: equal shares, the remainder to the
+    volumes whose labelled slices lie nearest to the query's position (ties: the earlier volume)."""
+    n = len(distances)
+    if n == 0:
+        return []
+    base, extra = divmod(budget, n)
+    order = np.argsort(np.asarray(distances), kind="stable")
+    counts = [base] * n
+    for v in order[:extra]:
+        counts[int(v)] += 1
+    return counts
+
+
+def select(present: list[np.ndarray], depths: list[int], pos: float, budget: int) -> list[tuple[int, int]]:
+    """The support slices of one (query slice, label) task: (volume, slice) pairs, at most ``budget``.
+
+    Each volume holding the label gives its ``share`` of the slices nearest to relative position ``pos`` that
+    hold it; a volume with fewer labelled slices than its share hands the rest to the others.
+
+    Args:
+        present: per support volume, the indices of its slices holding the label (ascending).
+        depths: per support volume, its number of slices D_v.
+        pos: the query slice's relative depth.
+        budget: support slices wanted in all.
+    """
+    holders = [v for v, p in enumerate(present) if p.size]
+    ranked = {v: present[v][np.argsort(np.abs(present[v] - pos * (depths[v] - 1)), kind="stable")] for v in holders}
+    distances = [float(np.abs(relative(ranked[v][0], depths[v]) - pos)) for v in holders]
+    counts = dict(zip(holders, share(budget, distances)))
+    # volumes with too few labelled slices hand their unused share to the others, nearest first
+    spare = sum(max(0, counts[v] - ranked[v].size) for v in holders)
+    counts = {v: min(c, ranked[v].size) for v, c in counts.items()}
+    for v in [holders[i] for i in np.argsort(distances, kind="stable")]:
+        if spare <= 0:
+            break
+        take = min(spare, ranked[v].size - counts[v])
+        counts[v] += take
+        spare -= take
+    return [(v, int(j)) for v in holders for j in ranked[v][:counts[v]]]
+
+
+def cascade_order(run: np.ndarray, start: np.ndarray) -> list[list[int]]:
+    """Waves of slices for one label: first the ``start`` slices that run, then, wave by wave, the running
+    slices next to those already done (outward from the support's labelled range)."""
+    depth = run.size
+    done = run & start
+    if not done.any():  # the labelled range maps between slices: start from the running slice nearest it
+        idx = np.flatnonzero(run)
+        if idx.size == 0:
+            return []
+        done = np.zeros(depth, dtype=bool)
+        done[idx[idx.size // 2]] = True
+    waves = [list(np.flatnonzero(done))]
+    while True:
+        left = np.zeros(depth, dtype=bool)
+        left[:-1] = done[1:]
+        right = np.zeros(depth, dtype=bool)
+        right[1:] = done[:-1]
+        nxt = run & ~done & (left | right)
+        if not nxt.any():
+            break
+        waves.append(list(np.flatnonzero(nxt)))
+        done |= nxt
+    if (run & ~done).any():  # running slices cut off from the start: last, without a neighbour's context
+        waves.append(list(np.flatnonzero(run & ~done)))
+    return waves

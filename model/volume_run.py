@@ -1,0 +1,195 @@
+"""A query volume against 3D support volumes, at a cost chosen before it runs (``model.volume_plan``): every
+(query slice, label) that runs is one binary task with its own support slices; tasks of several slices and
+labels share each forward pass, whose size adapts so that progress moves every ``PROGRESS_EVERY_S`` seconds.
+
+With ``cascade`` the tasks run in waves outward from the support's labelled range; a task takes, in place of
+its farthest support slice, the already segmented neighbouring query slice with its predicted mask when that
+prediction is confident, and a direction stops (background) after a slice without any foreground.
+
+Letters: D slices, K labels, S support items, N the network side, H x W a slice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from data.preprocess import prepare_mask, resize
+from model import volume_plan as plan
+from model.support import PreparedSupport, merge_labels
+
+if TYPE_CHECKING:
+    from model.segmenter import Segmenter
+    from model.volume import VolumeSupport
+
+ProgressFn = Callable[[int, int], None]
+PROGRESS_EVERY_S = 2.0  # a forward pass is sized to take about this long, so progress never sits still
+CONFIDENT = 0.7  # cascade: a neighbour joins the support when its foreground's mean probability reaches this
+MIN_AREA = 0.002  # cascade: ... and its foreground covers at least this fraction of the slice
+
+
+@dataclass
+class VolumeResult:
+    """What a volume request produced.
+
+    Attributes:
+        mask: the query's shape, uint8 (uint16 for labels above 255).
+        labels: the K label values.
+        skipped: slice indices along the axis that ran for no label (set to background).
+        slices: D, the slices along the axis.
+        probs: (K, *query shape) float32 in [0, 1] when asked for, else None.
+        tasks: the (slice, label) tasks the network ran.
+    """
+
+    mask: np.ndarray
+    labels: tuple[int, ...]
+    skipped: list[int]
+    slices: int
+    probs: np.ndarray | None = None
+    tasks: int = 0
+    options: dict = field(default_factory=dict)
+
+
+class _Progress:
+    """Slices done out of D: a slice is done once every label's task on it ran or was skipped."""
+
+    def __init__(self, pending: np.ndarray, progress: ProgressFn | None):
+        self.pending = pending.sum(axis=0)  # (D,) tasks left per slice
+        self.progress = progress
+        self.report()
+
+    def done(self, slice_index: int) -> None:
+        self.pending[slice_index] -= 1
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(int((self.pending <= 0).sum()), int(self.pending.size))
+
+
+def _support_slice(support: VolumeSupport, v: int, j: int, li: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support slice j of volume v at the network's size, and its mask of label ``li``: each prepared once per
+    request and reused by every query slice that draws it."""
+    key = (v, j, li)
+    if key not in support.cache:
+        image_key = (v, j, None)
+        if image_key not in support.cache:
+            support.cache[image_key] = resize(torch.from_numpy(support.images[v][j]), (size, size))
+        mask = prepare_mask(support.masks[v][j], [support.labels[li]], size)[0]
+        support.cache[key] = (support.cache[image_key], mask)
+    return support.cache[key]
+
+
+def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, options: plan.VolumeOptions,
+               progress: ProgressFn | None = None, want_probs: bool = False) -> VolumeResult:
+    """Segment a normalised query (D, H, W) against prepared support volumes (slicing axis already first).
+
+    Returns:
+        A ``VolumeResult`` whose arrays are still slicing-axis first.
+    """
+    budget = options.budget(segmenter.max_support)
+    size, depth, n_labels = segmenter.size, query.shape[0], len(support.labels)
+    depths = [m.shape[0] for m in support.masks]
+    ranges = plan.labelled_ranges(support.present, depths, n_labels)
+    run = plan.runs(depth, ranges, options.skip_margin)  # (K, D)
+    net_probs = np.zeros((n_labels, depth, size, size), dtype=np.float32)  # (K, D, N, N)
+    ran = np.zeros((n_labels, depth), dtype=bool)
+    queries: dict[int, torch.Tensor] = {}
+    tracker = _Progress(run.copy(), progress)
+    runner = _Batches(segmenter, budget)
+
+    def task(i: int, li: int, neighbour: int | None) -> tuple[int, int, PreparedSupport]:
+        chosen = plan.select([p[li] for p in support.present], depths, float(plan.relative(i, depth)), budget)
+        pairs = [_support_slice(support, v, j, li, size) for v, j in chosen]
+        if neighbour is not None:  # the cascade's context replaces the farthest support slice
+            context = (queries[neighbour], torch.from_numpy(net_probs[li, neighbour] >= options.threshold).float())
+            pairs = [context] + pairs[: budget - 1]
+        images = torch.stack([p[0] for p in pairs])  # (S, N, N)
+        masks = torch.stack([p[1] for p in pairs])[None]  # (1, S, N, N)
+        return i, li, PreparedSupport(images, masks, (support.labels[li],))
+
+    def query_slice(i: int) -> torch.Tensor:
+        if i not in queries:
+            queries[i] = resize(torch.from_numpy(query[i]), (size, size))
+        return queries[i]
+
+    if not options.cascade:
+        waves = [[(i, li, None) for i in range(depth) for li in range(n_labels) if run[li, i]]]
+    else:
+        waves = _cascade_waves(run, plan.core(depth, ranges))
+    for wave in waves:
+        tasks = []
+        for i, li, neighbour in wave:
+            if neighbour is not None and not _confident(net_probs[li, neighbour], options.threshold):
+                if not (net_probs[li, neighbour] >= options.threshold).any():
+                    run[li, i] = False  # the structure ended on the way out: background from here on
+                    tracker.done(i)
+                    continue
+                neighbour = None  # a weak neighbour adds no context
+            query_slice(i)
+            tasks.append(task(i, li, neighbour))
+        for (i, li, _), probs in runner.run(tasks, queries, options.ensemble, tracker):
+            net_probs[li, i] = probs
+            ran[li, i] = True
+        tracker.report()
+
+    out = np.zeros((n_labels, *query.shape), dtype=np.float32)  # (K, D, H, W)
+    for i in np.flatnonzero(ran.any(axis=0)):
+        out[:, i] = resize(torch.from_numpy(net_probs[:, i] * ran[:, i, None, None]), query.shape[1:]).clamp(0, 1)
+    skipped = [int(i) for i in np.flatnonzero(~ran.any(axis=0))]
+    return VolumeResult(merge_labels(out, support.labels, options.threshold), support.labels, skipped, depth,
+                        out if want_probs else None, int(ran.sum()))
+
+
+def _confident(probs: np.ndarray, threshold: float) -> bool:
+    fg = probs >= threshold
+    return bool(fg.mean() >= MIN_AREA) and float(probs[fg].mean()) >= CONFIDENT
+
+
+def _cascade_waves(run: np.ndarray, start: np.ndarray):
+    """Waves of (slice, label, neighbour) over all labels: the core first, then outward; a generator, so that
+    each wave sees the predictions of the ones before."""
+    per_label = [plan.cascade_order(run[li], start[li]) for li in range(run.shape[0])]
+    seen = [set() for _ in per_label]
+    for w in range(max((len(p) for p in per_label), default=0)):
+        wave = []
+        for li, waves in enumerate(per_label):
+            if w >= len(waves):
+                continue
+            for i in waves[w]:
+                neighbour = None
+                if w > 0:  # the adjacent slice already done, on the side of the core
+                    neighbour = next((n for n in (i - 1, i + 1) if n in seen[li]), None)
+                wave.append((i, li, neighbour))
+            seen[li].update(waves[w])
+        yield wave
+
+
+class _Batches:
+    """Runs tasks in forward passes sized to take about ``PROGRESS_EVERY_S`` seconds (at most the segmenter's
+    ``max_batch_items``), reporting each finished slice."""
+
+    def __init__(self, segmenter: Segmenter, budget: int):
+        self.segmenter = segmenter
+        self.size = max(1, segmenter.max_batch_items // budget)
+        self.limit = self.size
+        self.every = PROGRESS_EVERY_S
+
+    def run(self, tasks, queries, ensemble, tracker):
+        start = 0
+        while start < len(tasks):
+            chunk = tasks[start:start + self.size]
+            began = time.perf_counter()
+            q = torch.stack([queries[i] for i, _, _ in chunk])  # (B, N, N)
+            probs = self.segmenter.predict_prepared(q, [s for _, _, s in chunk], ensemble)[:, 0]  # (B, N, N)
+            per_task = (time.perf_counter() - began) / len(chunk)
+            self.size = int(np.clip(self.every / max(per_task, 1e-6), 1, self.limit))
+            for (i, li, s), p in zip(chunk, probs):
+                tracker.done(i)
+                yield (i, li, s), p.numpy()
+            tracker.report()
+            start += len(chunk)
