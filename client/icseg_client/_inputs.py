@@ -64,6 +64,10 @@ class Upload:
 def detect_format(data: bytes) -> str:
     """The format named by a file's leading bytes, or "unknown": the service's own rules (``data/io/detect.py``
     on the server; tests/client/test_client_formats.py pins both to one table)."""
+    # DICOM first: its 128-byte preamble is free and often holds a TIFF header (``II*\0``, as in pydicom's
+    # CT_small.dcm), so the TIFF magic at byte 0 says nothing once "DICM" stands at byte 128
+    if data[128:132] == b"DICM":
+        return "dicom"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -76,8 +80,10 @@ def detect_format(data: bytes) -> str:
         return "gzip"
     if _nifti_version(data):
         return "nifti"
-    if data[128:132] == b"DICM":
-        return "dicom"
+    if data.startswith(b"NRRD000"):
+        return "nrrd"
+    if data.startswith(b"PK\x03\x04"):
+        return "zip"  # a zipped DICOM series
     return "unknown"
 
 

@@ -8,6 +8,10 @@ import struct
 
 def detect_format(data: bytes) -> str | None:
     """The format named by the leading bytes ("png", ..., "nifti", "dicom", "gzip"), or None."""
+    # DICOM first: its 128-byte preamble is free and often holds a TIFF header (``II*\0``, as in pydicom's
+    # CT_small.dcm), so the TIFF magic at byte 0 says nothing once "DICM" stands at byte 128
+    if data[128:132] == b"DICM":
+        return "dicom"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -20,8 +24,10 @@ def detect_format(data: bytes) -> str | None:
         return "gzip"
     if nifti_version(data):
         return "nifti"
-    if data[128:132] == b"DICM":
-        return "dicom"
+    if data.startswith(b"NRRD000"):
+        return "nrrd"
+    if data.startswith(b"PK\x03\x04"):
+        return "zip"  # a zipped DICOM series
     return None
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import gzip
 import struct
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 from icseg_client._inputs import detect_format as sdk_detect
+from pydicom.data import get_testdata_file
 
 from data.io import detect_format as service_detect
 from data.io.dicom import dicom_bytes
@@ -50,11 +52,33 @@ TABLE = [
     ("empty", b"", None),
     ("text", b"plain text, not an image", None),
     ("html-named-png", b"<html><script>alert(1)</script></html>", None),
-    ("zip", b"PK\x03\x04" + b"\x00" * 200, None),
+    ("zip (a zipped DICOM series)", b"PK\x03\x04" + b"\x00" * 200, "zip"),
+    ("nrrd", b"NRRD0004\ntype: uint8\n", "nrrd"),
+    # a DICOM whose free preamble starts like a TIFF (pydicom's CT_small.dcm, MR_small.dcm): DICOM wins
+    ("dicom-with-tiff-preamble", b"II*\x00" + b"\x00" * 124 + dicom_bytes(_image)[128:], "dicom"),
+    ("dicom-with-big-endian-tiff-preamble", b"MM\x00*" + b"\x00" * 124 + dicom_bytes(_image)[128:], "dicom"),
 ]
+
+# every DICOM file pydicom ships in its wheel (offline): all of them are DICOM by their bytes, whatever
+# their preamble holds
+_PYDICOM_FILES = sorted(Path(get_testdata_file("CT_small.dcm")).parent.glob("*.dcm"))
 
 
 @pytest.mark.parametrize(("data", "expected"), [(d, e) for _, d, e in TABLE], ids=[c for c, _, _ in TABLE])
 def test_the_sdk_and_the_service_detect_the_same_format(data, expected):
     assert service_detect(data) == expected
     assert sdk_detect(data) == (expected or "unknown")
+
+
+def test_pydicom_ships_dicom_files_with_tiff_looking_preambles():
+    tiff_like = [p.name for p in _PYDICOM_FILES if p.read_bytes()[:4] in (b"II*\x00", b"MM\x00*")]
+    assert "CT_small.dcm" in tiff_like and "MR_small.dcm" in tiff_like
+
+
+@pytest.mark.parametrize("path", _PYDICOM_FILES, ids=lambda p: p.name)
+def test_every_dicom_file_pydicom_ships_is_detected_as_dicom(path):
+    head = path.read_bytes()[:512]
+    if head[128:132] != b"DICM":
+        pytest.skip("a raw dataset without the DICM prefix (no File Meta): not a DICOM file by its bytes")
+    assert service_detect(head) == "dicom"
+    assert sdk_detect(head) == "dicom"
