@@ -30,7 +30,8 @@ from data.io import write_atomic
 log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-JobWork = Callable[[Callable[[int, int], None]], tuple[bytes, str, str]]  # progress -> (bytes, media type, ext)
+# progress -> (bytes, media type, ext), or with a fourth item {"volume": what ran, "probs": NIfTI bytes or None}
+JobWork = Callable[[Callable[[int, int], None]], tuple]
 
 
 class JobCancelled(Exception):
@@ -52,6 +53,8 @@ class Job:
     result_path: Path | None = None
     media_type: str | None = None
     extension: str | None = None
+    volume: dict | None = None  # a volume job's metadata once done: slices, skipped, tasks, options
+    probs_path: Path | None = None  # output=probs: the float NIfTI of per-label probabilities
     cancel_event: threading.Event = field(default_factory=threading.Event)
     future: Future | None = None
 
@@ -71,6 +74,8 @@ class Job:
             "expires_at": self.expires_at,
             "error": self.error,
             "result": f"/jobs/{self.id}/result" if self.status == "done" else None,
+            "volume": self.volume,
+            "probs": f"/jobs/{self.id}/probs" if self.status == "done" and self.probs_path else None,
         }
 
 
@@ -101,6 +106,7 @@ class JobManager:
     def _save(self, job: Job) -> None:
         """Mirror the job's state to disk (atomic rename); a deleted job is not written back."""
         state = {**job.to_dict(), "result_file": job.result_path.name if job.result_path else None,
+                 "probs_file": job.probs_path.name if job.probs_path else None,
                  "media_type": job.media_type, "extension": job.extension}
         with self._lock:
             if job.id not in self._jobs:
@@ -114,6 +120,8 @@ class JobManager:
         self._state_path(job.id).unlink(missing_ok=True)
         if job.result_path is not None:
             job.result_path.unlink(missing_ok=True)
+        if job.probs_path is not None:
+            job.probs_path.unlink(missing_ok=True)
 
     def _restore(self) -> None:
         """Read back the jobs of a previous process; unfinished ones become failed (interrupted)."""
@@ -126,7 +134,9 @@ class JobManager:
                           created_at=state["created_at"], started_at=state["started_at"],
                           finished_at=state["finished_at"], expires_at=state["expires_at"], error=state["error"],
                           result_path=self.dir / state["result_file"] if state.get("result_file") else None,
-                          media_type=state.get("media_type"), extension=state.get("extension"))
+                          media_type=state.get("media_type"), extension=state.get("extension"),
+                          volume=state.get("volume"),
+                          probs_path=self.dir / state["probs_file"] if state.get("probs_file") else None)
                 if not JOB_ID.fullmatch(job.id) or path.stem != job.id:
                     raise ValueError("file name and id differ")
             except (OSError, ValueError, KeyError, TypeError):
@@ -191,9 +201,13 @@ class JobManager:
                     raise JobCancelled
                 job.done, job.total = done, total
 
-            payload, media_type, extension = work(progress)
+            payload, media_type, extension, *extra = work(progress)
             if job.cancel_event.is_set():
                 raise JobCancelled
+            extra = extra[0] if extra else {}
+            job.volume = extra.get("volume")
+            if extra.get("probs") is not None:
+                job.probs_path = write_atomic(self.dir / f"{job.id}.probs.nii.gz", extra["probs"])
             path = write_atomic(self.dir / f"{job.id}{extension}", payload)
             job.result_path, job.media_type, job.extension = path, media_type, extension
             job.done = job.total

@@ -25,6 +25,8 @@ from data.io import FORMATS
 from model.inputs import SupportFiles
 from model.segmenter import PreparedSupport, Segmenter
 from model.volume import VolumeSupport
+from model.volume_plan import VolumeOptions
+from model.volume_run import VolumeResult
 
 log = logging.getLogger(__name__)
 
@@ -167,5 +169,19 @@ class ModelService:
         try:
             return self.segmenter.predict_volume(volume, support=support, axis=axis, ensemble=ensemble,
                                                  threshold=threshold, progress=progress)
+        finally:
+            self.metrics.model_seconds.labels("volume").observe(time.perf_counter() - start)
+
+    def segment_volume_result(self, volume: np.ndarray, *, support: PreparedSupport | VolumeSupport,
+                              options: VolumeOptions, probs: bool = False,
+                              progress: Progress | None = None) -> VolumeResult:
+        """Blocking: ``Segmenter.predict_volume_result`` with a request's cost options (mask, skipped slices,
+        probabilities when asked)."""
+        start = time.perf_counter()
+        try:
+            return self.segmenter.predict_volume_result(
+                volume, support=support, axis=options.axis, support_slices=options.support_slices,
+                skip_margin=options.skip_margin, cascade=options.cascade, ensemble=options.ensemble,
+                threshold=options.threshold, probs=probs, progress=progress)
         finally:
             self.metrics.model_seconds.labels("volume").observe(time.perf_counter() - start)

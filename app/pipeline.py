@@ -23,10 +23,12 @@ from app.errors import ApiError
 from app.model_service import ModelService, Progress
 from app.prompts import Prompts
 from app.settings import Settings
-from data.io import ImageData, encode_mask, read_image, to_png_bytes
+from data.io import ImageData, encode_mask, encode_probs, read_image, to_png_bytes
 from model.inputs import SupportFiles, read_support
 from model.support import PreparedSupport, merge_labels
 from model.volume import VolumeSupport
+from model.volume_plan import DEFAULT_SKIP_MARGIN, VolumeOptions
+from model.volume_run import VolumeResult
 
 Output = Literal["file", "json", "probs"]
 
@@ -41,6 +43,9 @@ class SegmentForm:
     ensemble: int
     axis: int
     output: Output | None
+    support_slices: int | None = None
+    skip_margin: float = DEFAULT_SKIP_MARGIN
+    cascade: bool = False
 
 
 async def segment_form(
@@ -60,11 +65,23 @@ async def segment_form(
     output: Annotated[
         Output | None,
         Form(description="file: the mask in the query's format; json: JSON with a base64 mask (also chosen by "
-             "Accept: application/json); probs: JSON plus per-label probability PNGs (2D only)"),
+             "Accept: application/json); probs: JSON plus per-label probabilities (PNGs for 2D, one float "
+             "NIfTI (H, W, D, K) for volumes)"),
     ] = None,
+    support_slices: Annotated[int | None, Form(
+        ge=1, le=64, description="volumes with 3D support: support slices per query slice and label, in all, "
+        "spread over the support volumes by position (default 16, capped by ICSEG_MAX_SUPPORT); cost grows with "
+        "it")] = None,
+    skip_margin: Annotated[float, Form(
+        ge=0, le=1, description="volumes with 3D support: query slices farther than this relative depth outside "
+        "every support volume's labelled range of a label are skipped (background); 1 never skips")
+    ] = DEFAULT_SKIP_MARGIN,
+    cascade: Annotated[bool, Form(
+        description="volumes with 3D support: confident predictions of neighbouring slices join the support of "
+        "the next ones, outward from the labelled range (in-context cascade)")] = False,
 ) -> SegmentForm:
     return SegmentForm(query, support_images or [], support_masks or [], prompt_id or None, threshold, ensemble,
-                       axis, output)
+                       axis, output, support_slices, skip_margin, cascade)
 
 
 @dataclass
@@ -85,6 +102,8 @@ class SegmentTask:
     label_names: dict[str, str] = field(default_factory=dict)
     decode_ms: float = 0.0
     prepare_ms: float = 0.0
+    options: VolumeOptions = field(default_factory=VolumeOptions)
+    want_probs: bool = False
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -139,9 +158,10 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
 
     query, files = await run_in_threadpool(decode_all)
     decode_ms = (time.perf_counter() - start) * 1000
-    if form.output == "probs" and query.kind == "volume":
-        raise ApiError("output=probs is for 2D queries; use output=file or json for volumes", field="output",
-                       code="invalid_input")
+    options = VolumeOptions(support_slices=form.support_slices, ensemble=form.ensemble, axis=form.axis,
+                            skip_margin=None if form.skip_margin >= 1 else form.skip_margin, cascade=form.cascade,
+                            threshold=form.threshold)
+    options.check(model.max_support)  # a bad value is a 4xx before any work, and before a job's 202
     prepare_ms = 0.0
     if files is not None:
         start = time.perf_counter()
@@ -149,21 +169,25 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
         prepare_ms = (time.perf_counter() - start) * 1000
     return SegmentTask(query=query, support=support, threshold=form.threshold, ensemble=form.ensemble,
                        axis=form.axis, label_names=record.label_names if record is not None else {},
-                       decode_ms=decode_ms, prepare_ms=prepare_ms)
+                       decode_ms=decode_ms, prepare_ms=prepare_ms, options=options,
+                       want_probs=form.output == "probs")
 
 
-async def run_model(task: SegmentTask, model: ModelService, settings: Settings) -> tuple[np.ndarray, np.ndarray | None]:
-    """Synchronous requests: (label map at the query's shape, (K, H, W) probabilities or None for volumes)."""
+async def run_model(task: SegmentTask, model: ModelService,
+                    settings: Settings) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+    """Synchronous requests: (label map at the query's shape, probabilities (K, H, W) for 2D or (K, H, W, D)
+    for volumes with output=probs, else None; the volume's metadata or None)."""
     timeout = settings.request_timeout_s
     try:
         if not task.is_volume:
             probs = await asyncio.wait_for(model.predict(task.query.array, task.support, task.ensemble), timeout)
-            return merge_labels(probs, task.labels, task.threshold), probs
+            return merge_labels(probs, task.labels, task.threshold), probs, None
         if task.voxels > settings.sync_max_voxels:
             raise ApiError(f"the volume has {task.voxels:,} voxels, more than /segment answers synchronously "
                            f"({settings.sync_max_voxels:,}); POST it to /jobs", field="query", code="use_jobs")
-        work = partial(run_blocking, task, model, None)
-        return await asyncio.wait_for(model.run_on_model_thread(work), timeout), None
+        work = partial(run_volume, task, model, None)
+        result = await asyncio.wait_for(model.run_on_model_thread(work), timeout)
+        return result.mask, result.probs, volume_details(task, result)
     except TimeoutError as exc:
         raise ApiError(f"the model did not answer within {timeout:.0f} s; try /jobs for large inputs",
                        code="timeout") from exc
@@ -174,8 +198,19 @@ def run_blocking(task: SegmentTask, model: ModelService, progress: Progress | No
     if not task.is_volume:
         probs = model.predict_blocking(task.query.array, task.support, task.ensemble, progress)
         return merge_labels(probs, task.labels, task.threshold)
-    return model.segment_volume(task.query.array, support=task.support, axis=task.axis, ensemble=task.ensemble,
-                                threshold=task.threshold, progress=progress)
+    return run_volume(task, model, progress).mask
+
+
+def run_volume(task: SegmentTask, model: ModelService, progress: Progress | None) -> VolumeResult:
+    """Blocking: a volume query with the task's options (``Segmenter.predict_volume_result``)."""
+    return model.segment_volume_result(task.query.array, support=task.support, options=task.options,
+                                       probs=task.want_probs, progress=progress)
+
+
+def volume_details(task: SegmentTask, result: VolumeResult) -> dict:
+    """What a volume cost and what was skipped: the ``volume`` object of the JSON answer and of a job."""
+    return {"slices": result.slices, "skipped": result.skipped, "tasks": result.tasks, **result.options,
+            "label_names": task.label_names}
 
 
 def probs_png_b64(probs: np.ndarray) -> list[str]:
@@ -186,3 +221,10 @@ def probs_png_b64(probs: np.ndarray) -> list[str]:
 def encode(task: SegmentTask, mask: np.ndarray) -> tuple[bytes, str, str]:
     """Blocking: (bytes, media type, extension) of the mask in the query's format and geometry."""
     return encode_mask(mask, task.query)
+
+
+def probs_b64(task: SegmentTask, probs: np.ndarray) -> list[str]:
+    """Blocking: the probabilities of the JSON answer: one PNG per label (2D), one float NIfTI (volumes)."""
+    if task.is_volume:
+        return [base64.b64encode(encode_probs(probs, task.query)).decode()]
+    return probs_png_b64(probs)

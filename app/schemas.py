@@ -27,6 +27,17 @@ class Timings(BaseModel):
     encode: float = Field(description="ms encoding the mask")
 
 
+class VolumeInfo(BaseModel):
+    slices: int = Field(description="D, the slices along the axis")
+    skipped: list[int] = Field(description="slice indices set to background without running the model: far "
+                               "outside every support volume's labelled range")
+    tasks: int = Field(description="(slice, label) passes the model ran: what the volume cost")
+    support_slices: int | None = Field(None, description="support slices per pass (3D support)")
+    skip_margin: float | None = Field(None, description="relative depth kept beyond the labelled ranges")
+    cascade: bool = False
+    label_names: dict[str, str] = Field(default_factory=dict, description="label value -> name (stored prompts)")
+
+
 class SegmentResult(BaseModel):
     mask: str = Field(description="the mask file, base64: PNG for 2D queries, NIfTI for NIfTI volumes")
     media_type: str = Field(description="media type of the decoded `mask`")
@@ -35,8 +46,10 @@ class SegmentResult(BaseModel):
     shape: list[int] = Field(description="shape of the mask (the query's height, width[, depth])")
     timings: Timings
     probs: list[str] | None = Field(
-        None, description="with output=probs (2D only): one 8-bit grayscale PNG (base64) per label, 255 = 1.0"
+        None, description="with output=probs: 2D, one 8-bit grayscale PNG (base64) per label, 255 = 1.0; volumes, "
+        "one gzipped float32 NIfTI (H, W, D, K) in the query's geometry, labels in the order of `labels`"
     )
+    volume: VolumeInfo | None = Field(None, description="volumes: what ran, what was skipped")
 
 
 class PromptInfo(BaseModel):
@@ -78,6 +91,8 @@ class JobInfo(BaseModel):
     expires_at: float | None = Field(None, description="when a finished job and its result are forgotten")
     error: JobError | None = None
     result: str | None = Field(None, description="path of the result, once done")
+    volume: VolumeInfo | None = Field(None, description="once done: what ran, what was skipped")
+    probs: str | None = Field(None, description="with output=probs, once done: path of the probabilities NIfTI")
 
 
 class WeightsInfo(BaseModel):

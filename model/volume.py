@@ -109,7 +109,7 @@ def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: P
     mask = merge_labels(out_probs, support.labels, options.threshold)
     probs = np.moveaxis(out_probs, 1, options.axis + 1) if want_probs else None
     return VolumeResult(np.moveaxis(mask, 0, options.axis), support.labels, [], depth, probs,
-                        depth * len(support.labels))
+                        depth * len(support.labels), {"support_slices": None, "skip_margin": None, "cascade": False})
 
 
 def predict_with_volumes(segmenter: Segmenter, volume: np.ndarray, support: VolumeSupport,

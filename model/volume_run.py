@@ -44,6 +44,7 @@ class VolumeResult:
         slices: D, the slices along the axis.
         probs: (K, *query shape) float32 in [0, 1] when asked for, else None.
         tasks: the (slice, label) tasks the network ran.
+        options: the cost options it ran with (support_slices, skip_margin, cascade).
     """
 
     mask: np.ndarray
@@ -142,7 +143,8 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
         out[:, i] = resize(torch.from_numpy(net_probs[:, i] * ran[:, i, None, None]), query.shape[1:]).clamp(0, 1)
     skipped = [int(i) for i in np.flatnonzero(~ran.any(axis=0))]
     return VolumeResult(merge_labels(out, support.labels, options.threshold), support.labels, skipped, depth,
-                        out if want_probs else None, int(ran.sum()))
+                        out if want_probs else None, int(ran.sum()),
+                        {"support_slices": budget, "skip_margin": options.skip_margin, "cascade": options.cascade})
 
 
 def _confident(probs: np.ndarray, threshold: float) -> bool:

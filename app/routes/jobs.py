@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse
 
 from app.deps import AUTH, JobsDep, ModelDep, PromptsDep, SettingsDep
 from app.errors import ApiError, JobNotFound
-from app.pipeline import SegmentForm, build_task, encode, run_blocking, segment_form
-from app.schemas import MASK_CONTENT, JobInfo, error_responses
+from app.pipeline import SegmentForm, build_task, encode, run_blocking, run_volume, segment_form, volume_details
+from app.schemas import BINARY, MASK_CONTENT, JobInfo, error_responses
+from data.io import encode_probs
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=AUTH)
 
@@ -27,14 +28,18 @@ async def create_job(
 ) -> JSONResponse:
     """Same fields as /segment. The inputs are checked before the 202, so a job fails later only on the
     server's side. Poll GET /jobs/{id}; fetch GET /jobs/{id}/result when its status is done."""
-    if form.output == "probs":
-        raise ApiError("jobs return the mask file; output=probs is for /segment", field="output",
-                       code="invalid_input")
     jobs.ensure_room()
     task = await build_task(form, model, prompts, settings)
+    if form.output == "probs" and not task.is_volume:
+        raise ApiError("a 2D job returns the mask file; output=probs is for /segment or volume jobs",
+                       field="output", code="invalid_input")
 
     def work(progress):
-        return encode(task, run_blocking(task, model, progress))
+        if not task.is_volume:
+            return encode(task, run_blocking(task, model, progress))
+        result = run_volume(task, model, progress)
+        probs = encode_probs(result.probs, task.query) if result.probs is not None else None
+        return (*encode(task, result.mask), {"volume": volume_details(task, result), "probs": probs})
 
     job = jobs.submit(work, total=task.total_steps, labels=task.labels)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/jobs/{job.id}"})
@@ -65,6 +70,28 @@ async def job_result(job_id: str, jobs: JobsDep) -> Response:
     if job.labels is not None:  # as /segment's binary answer: the label values the mask can hold
         headers["X-Labels"] = ",".join(map(str, job.labels))
     return Response(payload, media_type=job.media_type, headers=headers)
+
+
+@router.get("/{job_id}/probs", response_class=Response,
+            responses={200: {"description": "a volume job with output=probs: gzipped float32 NIfTI (H, W, D, K), "
+                             "the query's geometry; header X-Labels: the label of each of the K maps",
+                             "content": {"application/gzip": BINARY}},
+                       409: {"description": "the job is not done, or was not asked for probabilities"},
+                       **error_responses(401, 404)},
+            summary="The per-label probabilities of a finished volume job")
+async def job_probs(job_id: str, jobs: JobsDep) -> Response:
+    job = jobs.get(job_id)
+    if job.status != "done" or job.probs_path is None:
+        state = job.status if job.status != "done" else "done without output=probs"
+        raise ApiError(f"job {job_id} has no probabilities: it is {state}", code=f"job_{job.status}"
+                       if job.status != "done" else "invalid_input", retry_after=None if job.finished else 1)
+    try:
+        payload = job.probs_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise JobNotFound(f"the result of job {job_id} has expired") from exc
+    headers = {"Content-Disposition": 'attachment; filename="probs.nii.gz"',
+               "X-Labels": ",".join(map(str, job.labels or []))}
+    return Response(payload, media_type="application/gzip", headers=headers)
 
 
 @router.delete("/{job_id}", status_code=204, responses=error_responses(401, 404),

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import AUTH, ModelDep, PromptsDep, SettingsDep
-from app.pipeline import SegmentForm, build_task, encode, probs_png_b64, run_model, segment_form
+from app.pipeline import SegmentForm, build_task, encode, probs_b64, run_model, segment_form
 from app.schemas import MASK_CONTENT, SegmentResult, error_responses
 
 router = APIRouter(tags=["segment"], dependencies=AUTH)
@@ -46,20 +46,24 @@ async def segment(
     model.ensure_room()  # a full queue answers 429 before any decoding
     task = await build_task(form, model, prompts, settings)
     start = time.perf_counter()
-    mask, probs = await run_model(task, model, settings)
+    mask, probs, volume = await run_model(task, model, settings)
     model_ms = task.prepare_ms + (time.perf_counter() - start) * 1000
     start = time.perf_counter()
     payload, media_type, extension = await run_in_threadpool(encode, task, mask)
-    probs_b64 = await run_in_threadpool(probs_png_b64, probs) if form.output == "probs" else None
+    probs_files = await run_in_threadpool(probs_b64, task, probs) if form.output == "probs" else None
     timings = {"decode": round(task.decode_ms, 2), "model": round(model_ms, 2),
                "encode": round((time.perf_counter() - start) * 1000, 2)}
     labels = [int(v) for v in task.labels]
     if wants_json(form.output, request.headers.get("accept", "")):
         body = SegmentResult(mask=base64.b64encode(payload).decode(), media_type=media_type, labels=labels,
-                             label_names=task.label_names, shape=list(mask.shape), timings=timings, probs=probs_b64)
+                             label_names=task.label_names, shape=list(mask.shape), timings=timings,
+                             probs=probs_files, volume=volume)
         return JSONResponse(body.model_dump(exclude_none=True))
-    return Response(payload, media_type=media_type, headers={
+    headers = {
         "Content-Disposition": f'attachment; filename="mask{extension}"',
         "X-Labels": ",".join(map(str, labels)),
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
-    })
+    }
+    if volume is not None:  # the slices set to background without running the model
+        headers["X-Skipped-Slices"] = str(len(volume["skipped"]))
+    return Response(payload, media_type=media_type, headers=headers)

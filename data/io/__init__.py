@@ -20,7 +20,7 @@ from data.io.atomic import write_atomic
 from data.io.base import DEFAULT_MAX_PIXELS, DEFAULT_MAX_VOXELS, FORMATS, ImageData
 from data.io.detect import detect_format
 from data.io.readers import read_image, read_mask
-from data.io.writers import encode_mask, save_image, to_png_bytes, write_mask
+from data.io.writers import encode_mask, encode_probs, save_image, to_png_bytes, write_mask
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -29,6 +29,7 @@ __all__ = [
     "ImageData",
     "detect_format",
     "encode_mask",
+    "encode_probs",
     "read_image",
     "read_mask",
     "save_image",

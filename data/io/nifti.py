@@ -124,6 +124,20 @@ def nifti_mask_bytes(mask: np.ndarray, like: ImageData) -> bytes:
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
+def nifti_probs_bytes(probs: np.ndarray, like: ImageData) -> bytes:
+    """A gzipped float32 NIfTI of per-label probabilities (H, W, D, K) with the query's affine and header."""
+    version = like.meta.get("nifti_version", 1)
+    klass = nib.Nifti2Image if version == 2 else nib.Nifti1Image
+    header = klass.header_class.from_header(like.header) if like.header is not None else klass.header_class()
+    header.set_data_dtype(np.float32)
+    header.set_slope_inter(1.0, 0.0)
+    header["cal_min"], header["cal_max"] = 0, 1
+    header.set_intent("none")
+    affine = like.affine if like.affine is not None else np.eye(4)
+    img = klass(np.asarray(probs, dtype=np.float32), affine, header=header)
+    return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+
+
 def nifti_bytes(array: np.ndarray, affine: np.ndarray | None, gzipped: bool) -> bytes:
     """A NIfTI-1 file of any real (H, W, D) array (identity affine if None)."""
     payload = nib.Nifti1Image(array, np.eye(4) if affine is None else affine).to_bytes()

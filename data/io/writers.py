@@ -12,7 +12,7 @@ from data.errors import InputError
 from data.io.atomic import write_atomic
 from data.io.base import ImageData
 from data.io.dicom import dicom_bytes
-from data.io.nifti import nifti_bytes, nifti_mask_bytes
+from data.io.nifti import nifti_bytes, nifti_mask_bytes, nifti_probs_bytes
 from data.io.pillow import lossy_bytes, pillow_bytes
 
 _SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
@@ -58,6 +58,22 @@ def encode_mask(mask: np.ndarray, like: ImageData) -> tuple[bytes, str, str]:
     if like.format == "tiff":
         return pillow_bytes(mask, "TIFF", field="mask"), "image/tiff", ".tif"
     return pillow_bytes(mask, "PNG", field="mask"), "image/png", ".png"
+
+
+def encode_probs(probs: np.ndarray, like: ImageData) -> bytes:
+    """Per-label probabilities of a volume query as a gzipped float32 NIfTI in its geometry.
+
+    Args:
+        probs: (K, H, W, D) float32 in [0, 1], in the order of the label values.
+        like: the volume query as read by ``read_image``.
+
+    Returns:
+        The .nii.gz bytes of an (H, W, D, K) image with the query's affine and header.
+    """
+    probs = np.asarray(probs)
+    if like.kind != "volume" or probs.shape[1:] != like.shape:
+        raise InputError(f"probabilities of shape {probs.shape} do not fit the query {like.shape}", field="probs")
+    return nifti_probs_bytes(np.moveaxis(probs, 0, -1), like)
 
 
 def write_mask(mask: np.ndarray, like: ImageData, path: str | os.PathLike) -> Path:

@@ -121,7 +121,7 @@ def test_delete_cancels_a_running_job(make_client, rng):
             progress(1, 2)
             release.wait(0.01)
 
-    model.segment_volume = slow
+    model.segment_volume_result = slow
     _, _, files = _volume_job_files(rng)
     job_id = client.post("/jobs", files=files).json()["id"]
     assert started.wait(10)
@@ -140,13 +140,13 @@ def test_full_queue_is_429_with_retry_after(make_client, rng):
     client = make_client(job_workers=1, job_queue_size=1)
     release = threading.Event()
     model = client.app.state.model
-    original = model.segment_volume
+    original = model.segment_volume_result
 
     def slow(volume, **kwargs):
         release.wait(20)
         return original(volume, **kwargs)
 
-    model.segment_volume = slow
+    model.segment_volume_result = slow
     _, _, files = _volume_job_files(rng)
     first = client.post("/jobs", files=files)
     second = client.post("/jobs", files=files)

@@ -290,12 +290,6 @@ def test_2d_query_with_3d_support_is_400(client, rng):
     _assert_error(client.post("/segment", files=files), 400, "invalid_input", "support_images[0]")
 
 
-def test_probs_for_a_volume_is_400(client, rng):
-    volume, _ = ball_volume(rng, (16, 14, 6))
-    files = [("query", ("q.nii.gz", nifti(volume)))] + support_files(rng, 1)
-    _assert_error(client.post("/segment", files=files, data={"output": "probs"}), 400, field="output")
-
-
 def test_unknown_prompt_is_404(client, rng):
     query, _ = disk_pair(rng)
     for prompt_id in ["0" * 32, "../../etc/passwd", "not-hex"]:

@@ -1,0 +1,117 @@
+"""Seconds and Dice of a BraTS-sized volume (155 slices, 4 labels, 4 support volumes): the old behaviour
+(64 support slices per label, every slice) next to the cost-aware defaults, in one run.
+
+    python bench/bench_volume.py                       # BraTS from ../shared when present, else synthetic
+    python bench/bench_volume.py --query-step 4        # every 4th query slice: the same positions, 4x cheaper
+    python bench/bench_volume.py --queries pat0001 pat0006 --configs new new+cascade
+
+The model is the embedded default (``Segmenter.from_pretrained()``). Synthetic volumes (no BraTS on disk)
+are speed figures only. ``--query-step k`` keeps every k-th query slice (support volumes stay whole), so the
+relative positions, and hence the skipping, are those of the full volume; seconds scale by about k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data.io import read_image, read_mask  # noqa: E402
+from model.segmenter import Segmenter  # noqa: E402
+
+BRATS = ROOT.parent / "shared" / "datasets" / "brats_deepmedic"
+CONFIGS = {
+    "old": {"support_slices": 64, "skip_margin": None},  # 16 per volume x 4 volumes, every slice
+    "new": {},  # the defaults
+    "new+cascade": {"cascade": True},
+    "s8": {"support_slices": 8},
+    "m0.05": {"skip_margin": 0.05},
+}
+
+
+def load_brats(folder: Path, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for name in names:
+        [image] = sorted((folder / "images").glob(f"*{name}*.nii.gz"))
+        mask = folder / "masks" / image.name
+        out.append((read_image(image).array, read_mask(mask).array))
+    return out
+
+
+def synthetic(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """BraTS-shaped (120, 120, 155) volumes with nested blobs labelled 1-4 over a stretch of slices."""
+    rng = np.random.default_rng(seed)
+    out = []
+    xx, yy, zz = np.mgrid[:120, :120, :155]
+    for _ in range(n):
+        c = rng.uniform([40, 40, 50], [80, 80, 105])
+        r = np.sqrt((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + ((zz - c[2]) / 2.5) ** 2)
+        mask = np.select([r < 6, r < 10, r < 14, r < 20], [1, 4, 3, 2], 0).astype(np.uint8)
+        out.append(((rng.normal(0, 1, mask.shape) + mask).astype(np.float32), mask))
+    return out
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = pred.sum() + truth.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(pred, truth).sum() / total)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", nargs="+", default=["pat0001"], help="BraTS cases segmented")
+    parser.add_argument("--support", nargs="+", default=["pat0002", "pat0003", "pat0004", "pat0005"],
+                        help="BraTS cases used as support volumes (the query's own case is left out)")
+    parser.add_argument("--configs", nargs="+", default=["old", "new"], choices=sorted(CONFIGS))
+    parser.add_argument("--query-step", type=int, default=1, help="keep every k-th query slice")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    real = (BRATS / "images").is_dir()
+    if real:
+        support = load_brats(BRATS, args.support)
+        queries = dict(zip(args.queries, load_brats(BRATS, args.queries)))
+    else:
+        support, queries = synthetic(4, seed=1), {"synthetic": synthetic(1, seed=2)[0]}
+    segmenter = Segmenter.from_pretrained()
+    prepared = segmenter.prepare_volume_support([v for v, _ in support], [m for _, m in support], axis=2)
+    labels = prepared.labels
+    print(f"data: {'BraTS ' + BRATS.name if real else 'synthetic (speed only)'}; support {len(support)} volumes; "
+          f"query step {args.query_step}; torch threads {torch.get_num_threads()}")
+    rows = []
+    for name, (volume, truth) in queries.items():
+        volume, truth = volume[..., :: args.query_step], truth[..., :: args.query_step]
+        for config in args.configs:
+            prepared.cache.clear()  # every configuration prepares its own support slices
+            start = time.perf_counter()
+            result = segmenter.predict_volume_result(volume, support=prepared, **CONFIGS[config])
+            seconds = time.perf_counter() - start
+            per_label = [dice(result.mask == lab, truth == lab) for lab in labels]
+            rows.append({"query": name, "config": config, "seconds": seconds, "tasks": result.tasks,
+                         "skipped": len(result.skipped), "slices": result.slices,
+                         "wt": dice(result.mask > 0, truth > 0), "labels": per_label,
+                         "mean": float(np.mean(per_label))})
+            print(f"  {name} {config}: {seconds:.1f} s", flush=True)
+
+    head = " | ".join(f"Dice {lab}" for lab in labels)
+    print(f"\n| query | config | seconds | speed-up vs old | tasks | skipped slices | Dice WT | {head} | mean Dice |")
+    print("|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(labels) + "---:|")
+    for row in rows:
+        old = next((r for r in rows if r["query"] == row["query"] and r["config"] == "old"), None)
+        speed = f"{old['seconds'] / row['seconds']:.1f}x" if old else "-"
+        cells = " | ".join(f"{d:.3f}" for d in row["labels"])
+        print(f"| {row['query']} | {row['config']} | {row['seconds']:.1f} | {speed} | {row['tasks']} | "
+              f"{row['skipped']}/{row['slices']} | {row['wt']:.3f} | {cells} | {row['mean']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

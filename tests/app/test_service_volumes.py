@@ -1,0 +1,88 @@
+"""Volumes over the API: the cost fields (support_slices, skip_margin, cascade) validated naming the field,
+skipped slices reported in the answer and the job, per-label probabilities as a float NIfTI."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+import pytest
+from testkit.inputs import AFFINE, ball_volume, nifti, read_nifti
+
+
+def _files(rng, query_shape=(20, 18, 30), n_support=2):
+    """A query whose slices 0-29 run well past the support's labelled range (a ball in the middle)."""
+    volume, _ = ball_volume(rng, query_shape)
+    files = [("query", ("q.nii.gz", nifti(volume)))]
+    for _ in range(n_support):
+        v, m = ball_volume(rng, (20, 20, 10))
+        files += [("support_images", ("v.nii.gz", nifti(v))), ("support_masks", ("m.nii.gz", nifti(m)))]
+    return volume, files
+
+
+def test_volume_json_reports_skipped_slices_and_probs(client, rng):
+    volume, files = _files(rng)
+    response = client.post("/segment", files=files, data={"output": "probs", "support_slices": "4",
+                                                          "skip_margin": "0.05"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = body["volume"]
+    assert info["slices"] == 30 and info["support_slices"] == 4 and info["skip_margin"] == 0.05
+    assert info["skipped"] and info["skipped"][0] == 0 and info["skipped"][-1] == 29  # both ends, far outside
+    assert info["tasks"] == 30 - len(info["skipped"])  # one label
+    mask = read_nifti(base64.b64decode(body["mask"]))
+    assert np.all(np.asarray(mask.dataobj)[..., info["skipped"]] == 0)
+    [probs_b64] = body["probs"]
+    probs = read_nifti(base64.b64decode(probs_b64))
+    assert probs.shape == (*volume.shape, 1) and probs.get_data_dtype() == np.float32
+    np.testing.assert_allclose(probs.affine, AFFINE, atol=1e-6)
+    values = np.asarray(probs.dataobj)
+    assert 0 <= values.min() and values.max() <= 1
+    assert np.all(values[..., info["skipped"], :] == 0)
+    # the file answer says how many slices were skipped
+    plain = client.post("/segment", files=files, data={"support_slices": "4", "skip_margin": "0.05"})
+    assert plain.headers["x-skipped-slices"] == str(len(info["skipped"]))
+
+
+def test_skip_margin_one_runs_every_slice(client, rng):
+    _, files = _files(rng)
+    body = client.post("/segment", files=files, data={"output": "json", "skip_margin": "1"}).json()
+    assert body["volume"]["skipped"] == [] and body["volume"].get("skip_margin") is None
+
+
+@pytest.mark.parametrize("data,status,field", [
+    ({"support_slices": "0"}, 422, "support_slices"),
+    ({"support_slices": "65"}, 422, "support_slices"),
+    ({"support_slices": "9"}, 400, "support_slices"),  # above the tiny model's max_support of 8... of the server
+    ({"skip_margin": "-0.1"}, 422, "skip_margin"),
+    ({"skip_margin": "2"}, 422, "skip_margin"),
+    ({"cascade": "maybe"}, 422, "cascade"),
+])
+def test_bad_volume_options_name_the_field(make_client, rng, data, status, field):
+    client = make_client(max_support=8)
+    _, files = _files(rng)
+    for route in ("/segment", "/jobs"):
+        response = client.post(route, files=files, data=data)
+        assert response.status_code == status, (route, response.text)
+        assert response.json()["error"]["field"] == field
+
+
+def test_volume_job_reports_volume_and_serves_probs(client, rng):
+    volume, files = _files(rng)
+    job = client.post("/jobs", files=files, data={"output": "probs", "cascade": "true"}).json()
+    deadline = time.monotonic() + 60
+    while job["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = client.get(f"/jobs/{job['id']}").json()
+    assert job["status"] == "done", job
+    assert job["volume"]["cascade"] is True and job["volume"]["slices"] == 30
+    assert job["progress"] == {"done": 30, "total": 30}
+    probs = client.get(job["probs"])
+    assert probs.status_code == 200 and probs.headers["x-labels"] == "1"
+    assert read_nifti(probs.content).shape == (*volume.shape, 1)
+    plain = client.post("/jobs", files=files).json()
+    while plain["status"] in ("queued", "running"):
+        time.sleep(0.05)
+        plain = client.get(f"/jobs/{plain['id']}").json()
+    assert plain["probs"] is None and client.get(f"/jobs/{plain['id']}/probs").status_code == 400
