@@ -30,6 +30,7 @@ from cli.common import (
     check_segment_options,
     expand,
     is_image_file,
+    local_volume_kwargs,
     message,
     run_reporting,
     stem,
@@ -285,7 +286,8 @@ def segment_items(segmenter, support, items: list[Item], options) -> list[dict]:
                 images.append((index, query, time.perf_counter() - began))
                 continue
             mask = segmenter.predict_volume(query.array, support=support, axis=options.axis,
-                                            ensemble=options.ensemble, threshold=options.threshold)
+                                            ensemble=options.ensemble, threshold=options.threshold,
+                                            **local_volume_kwargs(options))
             rows[index] = _row(item, "ok", error="")
             rows[index]["output"] = str(_write_mask(mask, query, item.output))
         except Exception as exc:  # noqa: BLE001 - any failure of one input is that input's row

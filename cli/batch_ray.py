@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from cli.batch import SUMMARY_FIELDS, Item, Plan, segment_items
-from cli.common import UsageError, progress_bar
+from cli.common import UsageError, progress_bar, volume_options
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ def _segment_on_ray(ray, args, plan: Plan, todo: list[Item], support_arrays: dic
             fn_constructor_kwargs={
                 "weights": weights, "support": support_ref, "device": "cuda" if args.gpus_per_replica else "cpu",
                 "threads": max(1, int(args.cpus_per_replica)),
-                "options": {"threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis},
+                "options": {"threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis,
+                            **volume_options(args)},
             },
         )
         with progress_bar("input", "batch", args.progress, total=len(todo)) as bar:

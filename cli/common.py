@@ -35,6 +35,16 @@ def add_segment_options(parser) -> None:
     parser.add_argument("--ensemble", type=int, default=1, help="average over this many random support subsets")
     parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=2,
                         help="volumes: slicing axis (2: axial for RAS)")
+    volumes = parser.add_argument_group("volumes with 3D support (the API's fields of the same names)")
+    volumes.add_argument("--support-slices", type=int, default=None, metavar="N",
+                         help="support slices per query slice and label, in all, spread over the support volumes "
+                         "by position (default 16); the cost grows with it")
+    volumes.add_argument("--skip-margin", type=float, default=None, metavar="M",
+                         help="skip query slices farther than this relative depth (0-1) outside every support "
+                         "volume's labelled range; they are background (default 0.1; 1 never skips)")
+    volumes.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
+                         help="confident predictions of neighbouring slices join the support of the next ones "
+                         "(in-context cascade; default off)")
 
 
 def check_segment_options(args) -> None:
@@ -43,6 +53,24 @@ def check_segment_options(args) -> None:
         raise UsageError("--threshold must be between 0 and 1")
     if args.ensemble < 1:
         raise UsageError("--ensemble must be 1 or more")
+    if getattr(args, "support_slices", None) is not None and args.support_slices < 1:
+        raise UsageError("--support-slices must be 1 or more")
+    if getattr(args, "skip_margin", None) is not None and not 0.0 <= args.skip_margin <= 1.0:
+        raise UsageError("--skip-margin must be between 0 and 1 (relative depth; 1 never skips)")
+
+
+def volume_options(args) -> dict:
+    """The cost options of a volume as keyword arguments, named as in the API and the SDK (None: defaults)."""
+    return {name: getattr(args, name, None) for name in ("support_slices", "skip_margin", "cascade")}
+
+
+def local_volume_kwargs(args) -> dict:
+    """``volume_options`` for ``Segmenter.predict_volume_result``: unset options keep its defaults, and a
+    margin of 1 (never skip) is its None."""
+    kwargs = {k: v for k, v in volume_options(args).items() if v is not None}
+    if kwargs.get("skip_margin") is not None and kwargs["skip_margin"] >= 1:
+        kwargs["skip_margin"] = None
+    return kwargs
 
 
 def usage_error(command: str, exc: UsageError) -> int:

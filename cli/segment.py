@@ -21,11 +21,13 @@ from cli.common import (
     check_segment_options,
     expand,
     is_image_file,
+    local_volume_kwargs,
     message,
     progress_bar,
     run_reporting,
     stem,
     usage_error,
+    volume_options,
 )
 
 log = logging.getLogger(__name__)
@@ -159,6 +161,7 @@ def _run_remote(args: argparse.Namespace, plan: Plan) -> int:
     images = [p.read_bytes() for p in plan.support_images] or None
     masks = [p.read_bytes() for p in plan.support_masks] or None
     options = {"prompt_id": args.prompt_id, "threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis}
+    volume = volume_options(args)
     failed: list[tuple[Path, str]] = []
     with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         for path in _queries(plan, args.progress):
@@ -166,7 +169,7 @@ def _run_remote(args: argparse.Namespace, plan: Plan) -> int:
             try:
                 if detect_format(query) in ("nifti", "gzip"):
                     single = len(plan.queries) == 1 and args.progress
-                    result = client.segment_volume(query, images, masks, progress=single, **options)
+                    result = client.segment_volume(query, images, masks, progress=single, **options, **volume)
                 else:
                     result = client.segment(query, images, masks, **options)
             except Exception as exc:
@@ -202,8 +205,7 @@ def _run_local(args: argparse.Namespace, plan: Plan) -> int:
                 mask = segmenter.predict(query.array, support=support, ensemble=args.ensemble,
                                          threshold=args.threshold)
             else:
-                mask = segmenter.predict_volume(query.array, support=support, axis=args.axis, ensemble=args.ensemble,
-                                                threshold=args.threshold)
+                mask = _local_volume(segmenter, query.array, support, args, len(plan.queries) == 1 and args.progress)
         except Exception as exc:
             if not _is_query_error(exc):
                 raise
@@ -215,6 +217,32 @@ def _run_local(args: argparse.Namespace, plan: Plan) -> int:
             # overlays colour each label the same way in every query, as the server mode does
             _save_overlay(_local_overlay(query.array, mask, list(support.labels), args.axis), plan.out, stem(path))
     return _finish(failed, len(plan.queries))
+
+
+def _local_volume(segmenter, volume, support, args, show: bool):
+    """One volume in this process, with the SDK's bar (slices; skipped ones are its starting point)."""
+    bar = progress_bar("slice", "segment_volume", show, total=volume.shape[args.axis])
+    started = [False]
+
+    def progress(done: int, total: int) -> None:
+        if not started[0]:
+            started[0] = True
+            bar.reset(total=total)
+            bar.initial = bar.n = done  # skipped slices are done at once: not part of the rate
+            bar.refresh()
+        elif done > bar.n:
+            bar.update(done - bar.n)
+
+    try:
+        result = segmenter.predict_volume_result(volume, support=support, axis=args.axis, ensemble=args.ensemble,
+                                                 threshold=args.threshold, progress=progress,
+                                                 **local_volume_kwargs(args))
+    finally:
+        bar.close()
+    if result.skipped:
+        log.info("%d of %d slices skipped (outside the support's labelled range)", len(result.skipped),
+                 result.slices)
+    return result.mask
 
 
 def _local_overlay(image, mask, labels: list[int], axis: int):

@@ -17,9 +17,10 @@ from ._base import (
     log,
     object_id,
     poll_delay,
+    volume_fields,
 )
 from ._errors import APITimeoutError, IcsegError
-from ._inputs import ImageInput
+from ._inputs import ImageInput, decode_probs
 from ._types import Job, Prompt, SegmentResult
 
 
@@ -87,12 +88,15 @@ class AsyncClient(BaseClient):
         threshold: float = 0.5,
         ensemble: int = 1,
         axis: int | None = None,
+        support_slices: int | None = None,
+        skip_margin: float | None = None,
+        cascade: bool | None = None,
         probs: bool = False,
     ) -> SegmentResult:
         """See ``Client.segment``."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/segment", query, support_images, support_masks, prompt_id, prompt, threshold,
-            ensemble, axis, probs))
+            ensemble, axis, probs, volume_fields(support_slices, skip_margin, cascade)))
         start = self._timer()
         response = await self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -108,11 +112,14 @@ class AsyncClient(BaseClient):
         threshold: float = 0.5,
         ensemble: int = 1,
         axis: int | None = None,
+        support_slices: int | None = None,
+        skip_margin: float | None = None,
+        cascade: bool | None = None,
     ) -> Job:
         """See ``Client.create_job``."""
         spec, _ = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
-            axis))
+            axis, volume=volume_fields(support_slices, skip_margin, cascade)))
         return Job.from_json((await self._request(spec)).json())
 
     async def get_job(self, job: Job | str) -> Job:
@@ -138,6 +145,10 @@ class AsyncClient(BaseClient):
         threshold: float = 0.5,
         ensemble: int = 1,
         axis: int | None = None,
+        support_slices: int | None = None,
+        skip_margin: float | None = None,
+        cascade: bool | None = None,
+        probs: bool = False,
         progress: bool | Any = True,
         poll_interval: float = 1.0,
         timeout: float | None = None,
@@ -145,7 +156,7 @@ class AsyncClient(BaseClient):
         """See ``Client.segment_volume``; cancelling the awaiting task cancels the job."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
-            axis))
+            axis, probs, volume_fields(support_slices, skip_margin, cascade)))
         start = self._timer()
         job = Job.from_json((await self._request(spec)).json())
         reporter = ProgressReporter(progress, job.total)
@@ -157,7 +168,7 @@ class AsyncClient(BaseClient):
                 await anyio.sleep(poll_delay(polls, poll_interval))
                 polls += 1
                 job = await self.get_job(job.id)
-                reporter.update(job.done, job.total)
+                reporter.update(job.done, job.total, running=job.status != "queued")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._cancel_quietly(job.id)
@@ -169,6 +180,8 @@ class AsyncClient(BaseClient):
         response = await self._request(RequestSpec("GET", f"/jobs/{job.id}/result"))
         result = await anyio.to_thread.run_sync(
             self._job_result, response, job, query_upload, prompt_id or prompt, (self._timer() - start) * 1000)
+        if probs and job.probs:
+            result.probs = decode_probs((await self._request(RequestSpec("GET", job.probs))).content)
         await self._cancel_quietly(job.id)
         return result
 

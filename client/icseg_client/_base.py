@@ -34,7 +34,7 @@ from ._errors import (
     parse_retry_after,
     status_error,
 )
-from ._inputs import Upload, decode_2d, to_upload, to_uploads
+from ._inputs import Upload, decode_2d, decode_probs, to_upload, to_uploads
 from ._types import Job, Prompt, SegmentResult
 from ._version import __version__
 
@@ -169,6 +169,7 @@ class BaseClient:
         ensemble: int,
         axis: int | None,
         probs: bool = False,
+        volume: dict[str, str] | None = None,
     ) -> tuple[RequestSpec, Upload]:
         """Encode a /segment or /jobs request (raises InvalidInputError before anything is sent).
 
@@ -200,6 +201,7 @@ class BaseClient:
             data["axis"] = str(int(axis))
         if probs:
             data["output"] = "probs"
+        data.update(volume or {})
         spec = RequestSpec("POST", path, files=files, data=data, headers={"Accept": "application/json"},
                            idempotent=path == "/segment")
         return spec, query_upload
@@ -226,7 +228,9 @@ class BaseClient:
     def _segment_result(response: httpx.Response, query: Upload, round_trip_ms: float) -> SegmentResult:
         body = response.json()
         probs = None
-        if body.get("probs"):
+        if body.get("probs") and body.get("volume") is not None:  # one float NIfTI (H, W, D, K)
+            probs = decode_probs(base64.b64decode(body["probs"][0]))
+        elif body.get("probs"):
             probs = np.stack([decode_2d(base64.b64decode(p)) for p in body["probs"]]).astype(np.float32) / 255
         timings = {k: float(v) for k, v in (body.get("timings") or {}).items()}
         timings["round_trip"] = round(round_trip_ms, 2)
@@ -239,6 +243,7 @@ class BaseClient:
             label_names={int(k): v for k, v in (body.get("label_names") or {}).items()},
             probs=probs,
             query=query,
+            volume=body.get("volume"),
         )
 
     @staticmethod
@@ -256,6 +261,7 @@ class BaseClient:
             data=response.content,
             media_type=response.headers.get("content-type", "application/gzip").split(";")[0],
             labels=[], shape=(), timings=timings, label_names=dict(label_names or {}), query=query,
+            volume=job.volume,
         )
         result.shape = tuple(result.mask.shape)
         if header:
@@ -271,22 +277,59 @@ class BaseClient:
         return time.perf_counter()
 
 
+def volume_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None) -> dict[str, str]:
+    """The cost fields of a volume request (None: the service's default), checked before anything is sent.
+
+    Raises:
+        InvalidInputError: a value the service would refuse, naming the argument.
+    """
+    data: dict[str, str] = {}
+    if support_slices is not None:
+        if isinstance(support_slices, bool) or not isinstance(support_slices, int) or support_slices < 1:
+            raise InvalidInputError(f"support_slices must be a whole number of 1 or more, got {support_slices!r}",
+                                    "support_slices")
+        data["support_slices"] = str(support_slices)
+    if skip_margin is not None:
+        if isinstance(skip_margin, bool) or not isinstance(skip_margin, int | float) or not 0 <= skip_margin <= 1:
+            raise InvalidInputError(f"skip_margin must be a relative depth between 0 and 1 (1: never skip), got "
+                                    f"{skip_margin!r}", "skip_margin")
+        data["skip_margin"] = repr(float(skip_margin))
+    if cascade is not None:
+        if not isinstance(cascade, bool):
+            raise InvalidInputError(f"cascade must be True or False, got {cascade!r}", "cascade")
+        data["cascade"] = "true" if cascade else "false"
+    return data
+
+
 class ProgressReporter:
-    """Shows a job's progress: a tqdm bar (``progress=True``), a callback ``(done, total)``, or nothing."""
+    """Shows a job's progress: a tqdm bar (``progress=True``), a callback ``(done, total)``, or nothing.
+
+    Slices the service skips (far outside the support's labelled range) are done at once when the job starts;
+    the bar counts them as its starting point, not as work, so that its rate and ETA are those of the slices
+    the model runs.
+    """
 
     def __init__(self, progress: bool | Any, total: int, desc: str = "segment_volume"):
         self._callback = progress if callable(progress) else None
         self._bar = None
+        self._started = False
         if progress is True:
             from tqdm.auto import tqdm  # the notebook widget when ipywidgets is there, else text
 
             self._bar = tqdm(total=total, unit="slice", desc=desc, leave=False)
 
-    def update(self, done: int, total: int) -> None:
+    def update(self, done: int, total: int, running: bool = True) -> None:
         if self._bar is not None:
             if self._bar.total != total:
                 self._bar.total = total
-            self._bar.update(done - self._bar.n)
+            if running and not self._started:
+                self._started = True
+                self._bar.reset(total=total)  # the clock starts with the job, not at the submission
+                self._bar.initial = self._bar.n = done  # skipped slices: a starting point, not a rate
+                self._bar.last_print_n = done
+                self._bar.refresh()
+            elif done > self._bar.n:
+                self._bar.update(done - self._bar.n)
         if self._callback is not None:
             self._callback(done, total)
 

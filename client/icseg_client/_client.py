@@ -16,9 +16,10 @@ from ._base import (
     log,
     object_id,
     poll_delay,
+    volume_fields,
 )
 from ._errors import APITimeoutError, IcsegError
-from ._inputs import ImageInput
+from ._inputs import ImageInput, decode_probs
 from ._types import Job, Prompt, SegmentResult
 
 
@@ -96,6 +97,9 @@ class Client(BaseClient):
         threshold: float = 0.5,
         ensemble: int = 1,
         axis: int | None = None,
+        support_slices: int | None = None,
+        skip_margin: float | None = None,
+        cascade: bool | None = None,
         probs: bool = False,
     ) -> SegmentResult:
         """Segment one query with a support set or a stored prompt, synchronously.
@@ -110,7 +114,14 @@ class Client(BaseClient):
             threshold: probability in [0, 1] at which a pixel gets a label.
             ensemble: average over this many random subsets of the support set (1 to 16).
             axis: volumes: the slicing axis (service default 2, axial for RAS NIfTI).
-            probs: also return per-label probabilities (2D queries).
+            support_slices: volumes with 3D support: support slices per query slice and label, in all, spread
+                over the support volumes by position (service default 16). The cost grows with it.
+            skip_margin: volumes with 3D support: query slices farther than this relative depth (0-1) outside
+                every support volume's labelled range are skipped and set to background (service default
+                0.1; 1 never skips). ``result.volume["skipped"]`` lists them.
+            cascade: volumes with 3D support: confident predictions of neighbouring slices join the support of
+                the next ones, outward from the labelled range (service default False).
+            probs: also return per-label probabilities: (K, H, W) for 2D queries, (K, H, W, D) for volumes.
 
         Returns:
             The mask at the query's size, in its format and geometry.
@@ -123,7 +134,8 @@ class Client(BaseClient):
             APIConnectionError, APITimeoutError: no answer.
         """
         spec, query_upload = self._segment_spec("/segment", query, support_images, support_masks, prompt_id, prompt,
-                                                threshold, ensemble, axis, probs)
+                                                threshold, ensemble, axis, probs,
+                                                volume_fields(support_slices, skip_margin, cascade))
         start = self._timer()
         response = self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -139,10 +151,13 @@ class Client(BaseClient):
         threshold: float = 0.5,
         ensemble: int = 1,
         axis: int | None = None,
+        support_slices: int | None = None,
+        skip_margin: float | None = None,
+        cascade: bool | None = None,
     ) -> Job:
         """Submit a background segmentation (same arguments as ``segment``); poll it with ``get_job``."""
         spec, _ = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt, threshold,
-                                     ensemble, axis)
+                                     ensemble, axis, volume=volume_fields(support_slices, skip_margin, cascade))
         return Job.from_json(self._request(spec).json())
 
     def get_job(self, job: Job | str) -> Job:
@@ -171,6 +186,10 @@ class Client(BaseClient):
         threshold: float = 0.5,
         ensemble: int = 1,
         axis: int | None = None,
+        support_slices: int | None = None,
+        skip_margin: float | None = None,
+        cascade: bool | None = None,
+        probs: bool = False,
         progress: bool | Any = True,
         poll_interval: float = 1.0,
         timeout: float | None = None,
@@ -179,8 +198,9 @@ class Client(BaseClient):
 
         Args:
             query: a NIfTI volume: a path, bytes, a nibabel image or an (H, W, D) array (identity affine).
-            support_images, support_masks, prompt_id, threshold, ensemble, axis: as ``segment``; the support set
-                is NIfTI volumes (matched slice by slice) or 2D images (applied to every slice).
+            support_images, support_masks, prompt_id, threshold, ensemble, axis, support_slices, skip_margin,
+                cascade, probs: as ``segment``; the support set is NIfTI volumes (matched slice by slice) or 2D
+                images (applied to every slice).
             progress: True: a tqdm bar; a callable: called with (slices done, total); False: silent.
             poll_interval: the longest wait between two polls, in seconds.
             timeout: seconds to wait for the job (None: no limit); then it is cancelled and
@@ -194,7 +214,8 @@ class Client(BaseClient):
             The errors of ``segment``.
         """
         spec, query_upload = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt,
-                                                threshold, ensemble, axis)
+                                                threshold, ensemble, axis, probs,
+                                                volume_fields(support_slices, skip_margin, cascade))
         start = self._timer()
         job = Job.from_json(self._request(spec).json())
         reporter = ProgressReporter(progress, job.total)
@@ -206,7 +227,7 @@ class Client(BaseClient):
                 time.sleep(poll_delay(polls, poll_interval))
                 polls += 1
                 job = self.get_job(job.id)
-                reporter.update(job.done, job.total)
+                reporter.update(job.done, job.total, running=job.status != "queued")
         except BaseException:  # Ctrl-C in a notebook or a timeout: the server stops working on it
             self._cancel_quietly(job.id)
             raise
@@ -216,6 +237,8 @@ class Client(BaseClient):
             raise job_error(job)
         response = self._request(RequestSpec("GET", f"/jobs/{job.id}/result"))
         result = self._job_result(response, job, query_upload, prompt_id or prompt, (self._timer() - start) * 1000)
+        if probs and job.probs:
+            result.probs = decode_probs(self._request(RequestSpec("GET", job.probs)).content)
         self._cancel_quietly(job.id)  # the result is here: free the server's copy now, not after its TTL
         return result
 

@@ -252,6 +252,11 @@ def decode_nifti(data: bytes):
     return klass.from_bytes(data)
 
 
+def decode_probs(data: bytes) -> np.ndarray:
+    """A volume's probabilities NIfTI (H, W, D, K) -> (K, H, W, D) float32."""
+    return np.moveaxis(np.asarray(decode_nifti(data).dataobj, dtype=np.float32), -1, 0)
+
+
 def decode_upload(upload: Upload) -> np.ndarray:
     """The pixels of an upload: (H, W[, 3]) for 2D formats, (H, W, D) for NIfTI."""
     if upload.is_volume:

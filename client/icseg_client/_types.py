@@ -33,8 +33,12 @@ class SegmentResult:
         shape: the mask's shape: (H, W) or (H, W, D), the query's.
         timings: milliseconds: the service's ``decode``, ``model``, ``encode`` (jobs: ``queued``, ``run``)
             and the client's ``round_trip``.
-        probs: with ``probs=True``: (K, H, W) float32 in [0, 1] (8-bit precision), one per label.
+        probs: with ``probs=True``: (K, H, W) float32 in [0, 1] (8-bit precision) for 2D queries,
+            (K, H, W, D) float32 for volumes; one per label, in the order of ``labels``.
         query: the query as it was sent (for ``overlay``).
+        volume: volumes: what ran and what it cost, the service's ``volume`` object: ``slices``, ``skipped``
+            (slice indices set to background without running the model), ``tasks``, ``support_slices``,
+            ``skip_margin``, ``cascade``.
     """
 
     data: bytes
@@ -45,6 +49,7 @@ class SegmentResult:
     label_names: dict[int, str] = field(default_factory=dict)
     probs: np.ndarray | None = None
     query: Upload | None = None
+    volume: dict | None = None
 
     @property
     def is_volume(self) -> bool:
@@ -193,6 +198,8 @@ class Job:
     finished_at: float | None = None
     error: dict | None = None
     labels: list[int] | None = None
+    volume: dict | None = None  # once done: slices, skipped, tasks, support_slices, skip_margin, cascade
+    probs: str | None = None  # once done with probs=True: the path of the probabilities NIfTI
 
     @property
     def finished(self) -> bool:
@@ -204,4 +211,5 @@ class Job:
         return cls(id=body["id"], status=body["status"], done=int(progress.get("done", 0)),
                    total=int(progress.get("total", 0)), created_at=float(body.get("created_at") or 0.0),
                    started_at=body.get("started_at"), finished_at=body.get("finished_at"), error=body.get("error"),
-                   labels=None if body.get("labels") is None else [int(v) for v in body["labels"]])
+                   labels=None if body.get("labels") is None else [int(v) for v in body["labels"]],
+                   volume=body.get("volume"), probs=body.get("probs"))
