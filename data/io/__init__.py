@@ -5,6 +5,8 @@ One module per concern, in the reader/writer style of nnU-Net's ``imageio``:
 - ``detect``: formats by magic bytes, never by file name;
 - ``pillow``, ``nifti``, ``dicom``: PNG/JPEG/TIFF/BMP through Pillow, NIfTI-1/2 (plain or gzipped) through
   nibabel, single-frame DICOM through pydicom; each reads and writes its format;
+- ``dicom_series``, ``dicom_seg``, ``nrrd_io``, ``segments``: DICOM volumes (series, zip, multi-frame), DICOM SEG
+  through highdicom, NRRD and ``.seg.nrrd`` through pynrrd, label names and colours;
 - ``labels``: what a mask must be (a label map);
 - ``readers``, ``writers``: ``read_image``/``read_mask`` and ``encode_mask``/``write_mask``/``save_image``;
 - ``atomic``: ``write_atomic``, the one atomic writer of the tree.
@@ -19,7 +21,7 @@ Letters: H x W a 2D image; a volume is (H, W, D), D slices along its last stored
 from data.io.atomic import write_atomic
 from data.io.base import DEFAULT_MAX_PIXELS, DEFAULT_MAX_VOXELS, FORMATS, ImageData
 from data.io.detect import detect_format
-from data.io.readers import read_image, read_mask
+from data.io.readers import read_image, read_mask, read_series
 from data.io.writers import encode_mask, encode_probs, save_image, to_png_bytes, write_mask
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "encode_probs",
     "read_image",
     "read_mask",
+    "read_series",
     "save_image",
     "to_png_bytes",
     "write_atomic",

@@ -15,7 +15,7 @@ from data.errors import InputError
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_VOXELS = 512**3
 # what the readers decode; a service reports it (GET /info)
-FORMATS = ("png", "jpeg", "tiff", "bmp", "nifti", "dicom")
+FORMATS = ("png", "jpeg", "tiff", "bmp", "nifti", "dicom", "nrrd")
 
 
 @dataclass
@@ -26,9 +26,10 @@ class ImageData:
         array: 2D images (H, W) or (H, W, 3) in the decoded dtype (uint8, uint16, int32, float32, bool);
             volumes (H, W, D) in the stored dtype (scaled to float when the NIfTI header says so).
         kind: "image" or "volume".
-        format: "png", "jpeg", "tiff", "bmp", "nifti" or "dicom".
-        affine: (4, 4) voxel-to-world matrix of a NIfTI volume, else None.
-        header: the nibabel header of a NIfTI volume, else None.
+        format: "png", "jpeg", "tiff", "bmp", "nifti", "dicom" or "nrrd".
+        affine: (4, 4) voxel-to-world matrix of a volume (NIfTI: RAS; DICOM: LPS; NRRD: its ``space``), else None.
+        header: the format's own header: nibabel's for NIfTI, the source datasets without pixels for DICOM (in
+            slice order), the header dict for NRRD; else None.
         meta: format details (PIL mode, dtype, gzip flag, DICOM geometry); never patient data.
     """
 

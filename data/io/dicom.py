@@ -9,6 +9,7 @@ import numpy as np
 
 from data.errors import InputError
 from data.io.base import ImageData, reason
+from data.io.dicom_series import decode_multiframe, without_pixels
 
 # DICOM attributes copied into ``meta``: acquisition geometry only, never anything about the patient
 _DICOM_META = (
@@ -27,8 +28,11 @@ _DICOM_META = (
 )
 
 
-def decode_dicom(data: bytes, max_pixels: int | None, field: str) -> ImageData:
-    """A DICOM file -> ImageData (H, W) or (H, W, 3); raises InputError (code "too_large" above ``max_pixels``)."""
+def decode_dicom(data: bytes, max_pixels: int | None, field: str, max_voxels: int | None = None) -> ImageData:
+    """A DICOM file -> ImageData (H, W) or (H, W, 3), or a volume (H, W, D) for a multi-frame instance
+    (``data.io.dicom_series``); raises InputError (code "too_large" above ``max_pixels``/``max_voxels``).
+
+    ``header`` holds the dataset without its pixels, for a DICOM SEG that references it."""
     import pydicom  # imported here: only DICOM users pay for it
 
     try:
@@ -42,10 +46,7 @@ def decode_dicom(data: bytes, max_pixels: int | None, field: str) -> ImageData:
     if not has_pixels:
         raise InputError(f"{field}: the DICOM holds no pixel data; send an image instance", field=field)
     if frames > 1:
-        raise InputError(
-            f"{field}: multi-frame DICOM ({frames} frames) is not supported; send one frame or a NIfTI volume",
-            field=field,
-        )
+        return decode_multiframe(ds, max_pixels, max_voxels, field)
     if max_pixels is not None and rows * cols > max_pixels:
         raise InputError(f"{field}: the DICOM declares {cols}x{rows} pixels, above the limit of {max_pixels:,}",
                          field=field, code="too_large")
@@ -68,7 +69,8 @@ def decode_dicom(data: bytes, max_pixels: int | None, field: str) -> ImageData:
         # MONOCHROME1 shows low values white: invert within the stored range so that the image looks as displayed
         array = (array.max() - array + array.min()).astype(array.dtype)
     meta["dtype"] = str(array.dtype)
-    return ImageData(array=np.ascontiguousarray(array), kind="image", format="dicom", meta=meta)
+    return ImageData(array=np.ascontiguousarray(array), kind="image", format="dicom", header=[without_pixels(ds)],
+                     meta=meta)
 
 
 def _plain(value):

@@ -10,8 +10,10 @@ from data.errors import InputError
 from data.io.base import DEFAULT_MAX_PIXELS, DEFAULT_MAX_VOXELS, ImageData
 from data.io.detect import detect_format
 from data.io.dicom import decode_dicom
+from data.io.dicom_series import decode_dicom_series, unzip_series
 from data.io.labels import as_label_map
 from data.io.nifti import decode_nifti
+from data.io.nrrd_io import decode_nrrd
 from data.io.pillow import PILLOW_FORMATS, decode_pillow
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,33 @@ def read_mask(
     return image
 
 
+def read_series(
+    sources: list[str | os.PathLike | bytes],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_voxels: int | None = DEFAULT_MAX_VOXELS,
+    field: str = "query",
+) -> ImageData:
+    """One query given as one file (as ``read_image``) or as several DICOM files of one series.
+
+    Several files are sorted by position along the slice normal and checked (``data.io.dicom_series``).
+
+    Raises:
+        InputError: as ``read_image``; several files that are not all DICOM, or not one uniform series.
+    """
+    if len(sources) == 1:
+        return read_image(sources[0], max_pixels=max_pixels, max_voxels=max_voxels, field=field)
+    parts = [_read_source(src, f"{field}[{i}]") for i, src in enumerate(sources)]
+    for i, data in enumerate(parts):
+        if detect_format(data) != "dicom":
+            raise InputError(f"{field}[{i}]: several {field} files make a DICOM series, and this one is not DICOM; "
+                             f"send one file, or only the DICOM files of one series", field=f"{field}[{i}]",
+                             code="unsupported_format")
+    if max_voxels is not None and sum(map(len, parts)) > 8 * max_voxels + (1 << 20):
+        raise InputError(f"{field}: the series is larger than the voxel limit allows", field=field, code="too_large")
+    return decode_dicom_series(parts, max_pixels, max_voxels, field)
+
+
 def _read_source(source: str | os.PathLike | bytes, field: str) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
@@ -91,9 +120,16 @@ def _decode(data: bytes, max_pixels: int | None, max_voxels: int | None, field: 
     if fmt in ("nifti", "gzip"):
         return decode_nifti(data, fmt == "gzip", max_voxels, field)
     if fmt == "dicom":
-        return decode_dicom(data, max_pixels, field)
+        return decode_dicom(data, max_pixels, field, max_voxels)
+    if fmt == "zip":  # a zipped DICOM series (or one zipped file)
+        parts = unzip_series(data, max_voxels, field)
+        if len(parts) == 1:
+            return decode_dicom(parts[0], max_pixels, field, max_voxels)
+        return decode_dicom_series(parts, max_pixels, max_voxels, field)
+    if fmt == "nrrd":
+        return decode_nrrd(data, max_voxels, field)
     raise InputError(
         f"{field}: unrecognised file format (leading bytes {data[:8]!r}); send PNG, JPEG, TIFF, BMP, "
-        "NIfTI (.nii or .nii.gz) or single-frame DICOM",
+        "NIfTI (.nii or .nii.gz), NRRD, DICOM (a file, a multi-frame instance or a zipped series)",
         field=field, code="unsupported_format",
     )
