@@ -7,6 +7,7 @@ Letters: D slices along the slicing axis, H x W a slice, S support items, K labe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ import numpy as np
 
 from data.errors import InputError
 from data.preprocess import normalize
+from model import volume_run
 from model.support import PreparedSupport, check_support_counts, label_set, merge_labels
 from model.volume_plan import VolumeOptions
 from model.volume_run import VolumeResult, run_volume
@@ -96,14 +98,19 @@ def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: P
     out_probs = np.zeros((len(support.labels), *slices.shape), dtype=np.float32)  # (K, D, H, W)
     if progress is not None:
         progress(0, depth)
-    for first in range(0, depth, SLICE_CHUNK):
-        chunk = list(slices[first:first + SLICE_CHUNK])
+    first, step = 0, 1  # the first call is one slice: it times the model, then calls last ~PROGRESS_EVERY_S
+    while first < depth:
+        chunk = list(slices[first:first + step])
         inner = None
         if progress is not None:
             def inner(done, _total, first=first):
                 progress(first + done, depth)
+        began = time.perf_counter()
         probs = segmenter.predict_many(chunk, support, ensemble=options.ensemble, progress=inner)  # (K, H, W) each
         out_probs[:, first:first + len(chunk)] = np.stack(probs, axis=1)
+        per_slice = (time.perf_counter() - began) / len(chunk)
+        first += len(chunk)
+        step = int(np.clip(volume_run.PROGRESS_EVERY_S / max(per_slice, 1e-6), 1, SLICE_CHUNK))
     area = (out_probs >= options.threshold).mean(axis=(2, 3))  # (K, D)
     out_probs[area < min_area] = 0.0
     mask = merge_labels(out_probs, support.labels, options.threshold)

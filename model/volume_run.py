@@ -142,7 +142,9 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
     for i in np.flatnonzero(ran.any(axis=0)):
         out[:, i] = resize(torch.from_numpy(net_probs[:, i] * ran[:, i, None, None]), query.shape[1:]).clamp(0, 1)
     skipped = [int(i) for i in np.flatnonzero(~ran.any(axis=0))]
-    return VolumeResult(merge_labels(out, support.labels, options.threshold), support.labels, skipped, depth,
+    mask = merge_labels(out, support.labels, options.threshold)
+    mask[skipped] = 0  # background even at threshold 0
+    return VolumeResult(mask, support.labels, skipped, depth,
                         out if want_probs else None, int(ran.sum()),
                         {"support_slices": budget, "skip_margin": options.skip_margin, "cascade": options.cascade})
 
@@ -177,8 +179,8 @@ class _Batches:
 
     def __init__(self, segmenter: Segmenter, budget: int):
         self.segmenter = segmenter
-        self.size = max(1, segmenter.max_batch_items // budget)
-        self.limit = self.size
+        self.limit = max(1, segmenter.max_batch_items // budget)
+        self.size = 1  # the first pass times the model; the next ones are sized from it
         self.every = PROGRESS_EVERY_S
 
     def run(self, tasks, queries, ensemble, tracker):
