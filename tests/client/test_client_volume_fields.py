@@ -1,0 +1,87 @@
+"""One set of names for a volume's cost from the wire to the command line: support_slices, ensemble, axis,
+skip_margin and cascade are form fields of /segment and /jobs, arguments of every SDK call that segments, and
+flags of `icseg segment` and `icseg batch`; the SDK sends them, the service echoes what ran, bad values are
+refused naming the field on each side."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+from icseg_client import AsyncClient, Client, InvalidInputError
+from testkit.inputs import ball_volume, save_nifti
+
+from cli.main import build_parser
+
+FIELDS = {"support_slices", "ensemble", "axis", "skip_margin", "cascade"}
+
+
+def _form_fields(app_client, path: str) -> set[str]:
+    schema = app_client.get("/openapi.json").json()
+    body = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    if "$ref" in body:
+        body = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+    return set(body["properties"])
+
+
+def _subparser(name: str):
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices[name]
+
+
+def test_the_same_names_in_api_sdk_and_cli(app_client):
+    for path in ("/segment", "/jobs"):
+        assert FIELDS <= _form_fields(app_client, path), path
+    for cls in (Client, AsyncClient):
+        for method in ("segment", "create_job", "segment_volume"):
+            assert FIELDS <= set(inspect.signature(getattr(cls, method)).parameters), (cls.__name__, method)
+    for command in ("segment", "batch"):
+        dests = {a.dest for a in _subparser(command)._actions}
+        assert FIELDS <= dests, command
+    flags = {s for a in _subparser("segment")._actions for s in a.option_strings}
+    assert {"--support-slices", "--skip-margin", "--cascade", "--no-cascade", "--ensemble", "--axis"} <= flags
+
+
+def test_sdk_sends_the_fields_and_the_service_echoes_them(client, rng, tmp_path):
+    volume, _ = ball_volume(rng, (20, 18, 30))
+    support = [ball_volume(rng, (20, 20, 10)) for _ in range(2)]
+    query = save_nifti(volume, tmp_path / "q.nii.gz")
+    images = [save_nifti(v, tmp_path / f"v{i}.nii.gz") for i, (v, _) in enumerate(support)]
+    masks = [save_nifti(m, tmp_path / f"m{i}.nii.gz") for i, (_, m) in enumerate(support)]
+    options = dict(support_slices=3, skip_margin=0.05, cascade=True)
+    sync = client.segment(query, images, masks, **options)
+    job = client.segment_volume(query, images, masks, progress=False, probs=True, **options)
+    for result in (sync, job):
+        assert result.volume["support_slices"] == 3 and result.volume["skip_margin"] == 0.05
+        assert result.volume["cascade"] is True and result.volume["skipped"]
+    np.testing.assert_array_equal(sync.mask, job.mask)
+    assert job.probs.shape == (1, *volume.shape) and job.probs.dtype == np.float32
+    assert np.all(job.probs[..., job.volume["skipped"]] == 0)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"support_slices": 0}, "support_slices"),
+    ({"support_slices": 2.5}, "support_slices"),
+    ({"skip_margin": 1.5}, "skip_margin"),
+    ({"cascade": "yes"}, "cascade"),
+])
+def test_sdk_refuses_bad_values_before_sending(client, rng, kwargs, field):
+    volume, mask = ball_volume(rng, (8, 8, 6))
+    with pytest.raises(InvalidInputError) as info:
+        client.segment_volume(volume, [volume], [mask], progress=False, **kwargs)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--support-slices", "0"], "--support-slices"),
+    (["--skip-margin", "2"], "--skip-margin"),
+])
+def test_cli_refuses_bad_values_naming_the_flag(tmp_path, capsys, argv, flag):
+    from cli.main import main
+
+    query = save_nifti(np.zeros((4, 4, 4), np.float32), tmp_path / "q.nii.gz")
+    code = main(["segment", "--query", str(query), "--support-images", str(query), "--support-masks", str(query),
+                 "--out", str(tmp_path / "out"), *argv])
+    assert code == 2 and flag in capsys.readouterr().err
