@@ -34,7 +34,20 @@ CONFIGS = {
     "new+cascade": {"cascade": True},
     "s8": {"support_slices": 8},
     "m0.05": {"skip_margin": 0.05},
+    "new+bf16": {"bf16": True},  # the defaults under CPU bf16 autocast (not a product option: measured here)
+    "new+cascade+bf16": {"cascade": True, "bf16": True},
 }
+
+
+def bf16(segmenter: Segmenter):
+    """The segmenter's torch door under bf16 autocast on the CPU (what fast-cl-bf16 in bench_network times)."""
+    plain = segmenter.predict_torch
+
+    def predict_torch(query, support_images, support_masks):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return plain(query, support_images, support_masks)
+
+    return predict_torch
 
 
 def load_brats(folder: Path, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -92,8 +105,15 @@ def main() -> None:
         volume, truth = volume[..., :: args.query_step], truth[..., :: args.query_step]
         for config in args.configs:
             prepared.cache.clear()  # every configuration prepares its own support slices
+            options = dict(CONFIGS[config])
+            plain = segmenter.predict_torch
+            if options.pop("bf16", False):
+                segmenter.predict_torch = bf16(segmenter)
             start = time.perf_counter()
-            result = segmenter.predict_volume_result(volume, support=prepared, **CONFIGS[config])
+            try:
+                result = segmenter.predict_volume_result(volume, support=prepared, **options)
+            finally:
+                segmenter.predict_torch = plain
             seconds = time.perf_counter() - start
             per_label = [dice(result.mask == lab, truth == lab) for lab in labels]
             rows.append({"query": name, "config": config, "seconds": seconds, "tasks": result.tasks,
