@@ -29,6 +29,7 @@ from data.io import write_atomic
 
 log = logging.getLogger(__name__)
 
+LABEL_KEYS = ("labels_present", "label_names", "segments")  # what a finished job says about its labels
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 # progress -> (bytes, media type, ext), or with a fourth item {"volume": what ran, "probs": NIfTI bytes or None}
 JobWork = Callable[[Callable[[int, int], None]], tuple]
@@ -55,6 +56,7 @@ class Job:
     extension: str | None = None
     volume: dict | None = None  # a volume job's metadata once done: slices, skipped, tasks, options
     probs_path: Path | None = None  # output=probs: the float NIfTI of per-label probabilities
+    label_info: dict | None = None  # once done: labels_present, label_names, segments (app.outputs.label_summary)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     future: Future | None = None
 
@@ -76,6 +78,7 @@ class Job:
             "result": f"/jobs/{self.id}/result" if self.status == "done" else None,
             "volume": self.volume,
             "probs": f"/jobs/{self.id}/probs" if self.status == "done" and self.probs_path else None,
+            **{key: (self.label_info or {}).get(key) for key in LABEL_KEYS},
         }
 
 
@@ -136,7 +139,8 @@ class JobManager:
                           result_path=self.dir / state["result_file"] if state.get("result_file") else None,
                           media_type=state.get("media_type"), extension=state.get("extension"),
                           volume=state.get("volume"),
-                          probs_path=self.dir / state["probs_file"] if state.get("probs_file") else None)
+                          probs_path=self.dir / state["probs_file"] if state.get("probs_file") else None,
+                          label_info={key: state.get(key) for key in LABEL_KEYS} if state.get("segments") else None)
                 if not JOB_ID.fullmatch(job.id) or path.stem != job.id:
                     raise ValueError("file name and id differ")
             except (OSError, ValueError, KeyError, TypeError):
@@ -206,6 +210,7 @@ class JobManager:
                 raise JobCancelled
             extra = extra[0] if extra else {}
             job.volume = extra.get("volume")
+            job.label_info = extra.get("labels")
             if extra.get("probs") is not None:
                 job.probs_path = write_atomic(self.dir / f"{job.id}.probs.nii.gz", extra["probs"])
             path = write_atomic(self.dir / f"{job.id}{extension}", payload)

@@ -20,17 +20,19 @@ from fastapi import File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import ApiError
+from app.labels import parse_label_names
 from app.model_service import ModelService, Progress
+from app.outputs import check_output, encode_result
 from app.prompts import Prompts
 from app.settings import Settings
-from data.io import ImageData, encode_mask, encode_probs, read_image, to_png_bytes
+from data.io import ImageData, encode_probs, read_series, to_png_bytes
 from model.inputs import SupportFiles, read_support
 from model.support import PreparedSupport, merge_labels
 from model.volume import VolumeSupport
 from model.volume_plan import DEFAULT_SKIP_MARGIN, VolumeOptions
 from model.volume_run import VolumeResult
 
-Output = Literal["file", "json", "probs"]
+Output = Literal["file", "json", "probs", "dicom-seg"]
 
 
 @dataclass
@@ -46,10 +48,14 @@ class SegmentForm:
     support_slices: int | None = None
     skip_margin: float = DEFAULT_SKIP_MARGIN
     cascade: bool = False
+    query_parts: list[UploadFile] = field(default_factory=list)  # the other files of a DICOM series
+    label_names: str | None = None
 
 
 async def segment_form(
-    query: Annotated[UploadFile, File(description="the image to segment: PNG, JPEG, TIFF, BMP, DICOM or NIfTI")],
+    query: Annotated[list[UploadFile], File(
+        description="the image to segment: PNG, JPEG, TIFF, BMP, DICOM, NIfTI or NRRD; a DICOM series as "
+        "repeated query parts (one per slice, any order), a zip of the series or a multi-frame instance")],
     support_images: Annotated[
         list[UploadFile] | None,
         File(description="support images, repeated; paired by order with support_masks (or give prompt_id)"),
@@ -66,7 +72,8 @@ async def segment_form(
         Output | None,
         Form(description="file: the mask in the query's format; json: JSON with a base64 mask (also chosen by "
              "Accept: application/json); probs: JSON plus per-label probabilities (PNGs for 2D, one float "
-             "NIfTI (H, W, D, K) for volumes)"),
+             "NIfTI (H, W, D, K) for volumes); dicom-seg: a DICOM Segmentation of a DICOM query, one segment per "
+             "label, referencing the query's instances"),
     ] = None,
     support_slices: Annotated[int | None, Form(
         ge=1, le=64, description="volumes with 3D support: support slices per query slice and label, in all, "
@@ -79,9 +86,11 @@ async def segment_form(
     cascade: Annotated[bool, Form(
         description="volumes with 3D support: confident predictions of neighbouring slices join the support of "
         "the next ones, outward from the labelled range (in-context cascade)")] = False,
+    label_names: Annotated[str | None, Form(
+        description='JSON object label -> name for inline support, e.g. {"1": "liver"} (as /prompts takes)')] = None,
 ) -> SegmentForm:
-    return SegmentForm(query, support_images or [], support_masks or [], prompt_id or None, threshold, ensemble,
-                       axis, output, support_slices, skip_margin, cascade)
+    return SegmentForm(query[0], support_images or [], support_masks or [], prompt_id or None, threshold, ensemble,
+                       axis, output, support_slices, skip_margin, cascade, query[1:], label_names or None)
 
 
 @dataclass
@@ -104,6 +113,8 @@ class SegmentTask:
     prepare_ms: float = 0.0
     options: VolumeOptions = field(default_factory=VolumeOptions)
     want_probs: bool = False
+    output: str | None = None
+    model_info: dict = field(default_factory=dict)  # the weights, for a DICOM SEG's algorithm identification
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -144,14 +155,16 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
 
     start = time.perf_counter()
     query_bytes = await form.query.read()
+    more_query = await read_uploads(form.query_parts)  # a DICOM series sent file by file
     image_bytes, mask_bytes = await read_uploads(form.support_images), await read_uploads(form.support_masks)
     record = support = None
     if form.prompt_id:
         record, support = await run_in_threadpool(prompts.load, form.prompt_id, model.size)
 
     def decode_all() -> tuple[ImageData, SupportFiles | None]:
-        query = read_image(query_bytes, max_pixels=settings.max_pixels, max_voxels=settings.max_voxels,
-                           field="query")
+        query = read_series([query_bytes, *more_query], max_pixels=settings.max_pixels,
+                            max_voxels=settings.max_voxels, field="query")
+        check_output(form.output, query)
         if record is not None:
             return query, None
         return query, decode_support(image_bytes, mask_bytes, settings, volumes=query.kind == "volume")
@@ -167,8 +180,10 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
         start = time.perf_counter()
         support = await run_in_threadpool(model.prepare_support, files, form.axis)
         prepare_ms = (time.perf_counter() - start) * 1000
+    names = {**(record.label_names if record is not None else {}),
+             **parse_label_names(form.label_names, tuple(support.labels))}
     return SegmentTask(query=query, support=support, threshold=form.threshold, ensemble=form.ensemble,
-                       axis=form.axis, label_names=record.label_names if record is not None else {},
+                       axis=form.axis, label_names=names, output=form.output, model_info=model.info(),
                        decode_ms=decode_ms, prepare_ms=prepare_ms, options=options,
                        want_probs=form.output == "probs")
 
@@ -219,8 +234,8 @@ def probs_png_b64(probs: np.ndarray) -> list[str]:
 
 
 def encode(task: SegmentTask, mask: np.ndarray) -> tuple[bytes, str, str]:
-    """Blocking: (bytes, media type, extension) of the mask in the query's format and geometry."""
-    return encode_mask(mask, task.query)
+    """Blocking: (bytes, media type, extension) of the mask in the query's format and geometry, or a DICOM SEG."""
+    return encode_result(mask, task.query, task.output, task.labels, task.label_names, task.model_info)
 
 
 def probs_b64(task: SegmentTask, probs: np.ndarray) -> list[str]:

@@ -38,11 +38,20 @@ class VolumeInfo(BaseModel):
     label_names: dict[str, str] = Field(default_factory=dict, description="label value -> name (stored prompts)")
 
 
+class Segment(BaseModel):
+    label: int
+    name: str
+    colour: str = Field(description="'#rrggbb', the viewer's colour for the label")
+
+
 class SegmentResult(BaseModel):
     mask: str = Field(description="the mask file, base64: PNG for 2D queries, NIfTI for NIfTI volumes")
     media_type: str = Field(description="media type of the decoded `mask`")
-    labels: list[int] = Field(description="label values present in the support set, each segmented")
-    label_names: dict[str, str] = Field(default_factory=dict, description="label value -> name (stored prompts)")
+    labels: list[int] = Field(description="label values of the support set, each segmented: what the mask can hold")
+    labels_present: list[int] = Field(default_factory=list, description="label values the mask holds")
+    label_names: dict[str, str] = Field(default_factory=dict, description="label value -> name, every label of the "
+                                        "support set (from label_names or the stored prompt; else 'label <v>')")
+    segments: list[Segment] = Field(default_factory=list, description="every label with its name and colour")
     shape: list[int] = Field(description="shape of the mask (the query's height, width[, depth])")
     timings: Timings
     probs: list[str] | None = Field(
@@ -93,6 +102,10 @@ class JobInfo(BaseModel):
     result: str | None = Field(None, description="path of the result, once done")
     volume: VolumeInfo | None = Field(None, description="once done: what ran, what was skipped")
     probs: str | None = Field(None, description="with output=probs, once done: path of the probabilities NIfTI")
+    labels_present: list[int] | None = Field(None, description="once done: label values the mask holds")
+    label_names: dict[str, str] | None = Field(None, description="once done: every support label's name")
+    segments: list[Segment] | None = Field(None, description="once done: every support label, name and colour "
+                                           "(the NIfTI result's sidecar)")
 
 
 class WeightsInfo(BaseModel):
@@ -145,4 +158,5 @@ def error_responses(*codes: int) -> dict:
 
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
-MASK_CONTENT = {"image/png": BINARY, "application/gzip": BINARY, "application/octet-stream": BINARY}
+MASK_CONTENT = {"image/png": BINARY, "application/gzip": BINARY, "application/octet-stream": BINARY,
+                "application/dicom": BINARY}

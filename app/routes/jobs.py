@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from app.deps import AUTH, JobsDep, ModelDep, PromptsDep, SettingsDep
 from app.errors import ApiError, JobNotFound
+from app.outputs import label_headers, label_summary
 from app.pipeline import SegmentForm, build_task, encode, run_blocking, run_volume, segment_form, volume_details
 from app.schemas import BINARY, MASK_CONTENT, JobInfo, error_responses
 from data.io import encode_probs
@@ -36,10 +37,12 @@ async def create_job(
 
     def work(progress):
         if not task.is_volume:
-            return encode(task, run_blocking(task, model, progress))
+            mask = run_blocking(task, model, progress)
+            return (*encode(task, mask), {"labels": label_summary(mask, task.labels, task.label_names)})
         result = run_volume(task, model, progress)
         probs = encode_probs(result.probs, task.query) if result.probs is not None else None
-        return (*encode(task, result.mask), {"volume": volume_details(task, result), "probs": probs})
+        return (*encode(task, result.mask), {"volume": volume_details(task, result), "probs": probs,
+                                             "labels": label_summary(result.mask, task.labels, task.label_names)})
 
     job = jobs.submit(work, total=task.total_steps, labels=task.labels)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/jobs/{job.id}"})
@@ -69,6 +72,8 @@ async def job_result(job_id: str, jobs: JobsDep) -> Response:
     headers = {"Content-Disposition": f'attachment; filename="mask{job.extension}"'}
     if job.labels is not None:  # as /segment's binary answer: the label values the mask can hold
         headers["X-Labels"] = ",".join(map(str, job.labels))
+    if job.label_info is not None:  # and those it holds, with names
+        headers.update(label_headers({"labels": job.labels or [], **job.label_info}))
     return Response(payload, media_type=job.media_type, headers=headers)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
@@ -11,45 +9,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import AUTH, MetricsDep, ModelDep, PromptsDep, SettingsDep
-from app.errors import ApiError
+from app.labels import check_name as _check_name
+from app.labels import parse_label_names as _label_names
 from app.pipeline import decode_support, read_uploads
 from app.prompt_store import PromptRecord
 from app.schemas import PromptInfo, PromptList, error_responses
 
 router = APIRouter(prefix="/prompts", tags=["prompts"], dependencies=AUTH)
-
-# names are shown, never used as paths; still: letters, digits and a little punctuation only
-_NAME = re.compile(r"^[\w][\w .,:()+\-]{0,99}$")
-
-
-def _check_name(value: str, field: str) -> str:
-    value = value.strip()
-    if not _NAME.fullmatch(value) or ".." in value:
-        raise ApiError(f"{field} must be 1-100 letters, digits, spaces or . , : ( ) + - _ (no '..', no slashes)",
-                       field=field, code="invalid_name")
-    return value
-
-
-def _label_names(raw: str | None, labels: tuple[int, ...]) -> dict[str, str]:
-    if not raw:
-        return {}
-    try:
-        parsed = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting like [[[[...]]]]
-        raise ApiError('label_names must be a JSON object such as {"1": "liver", "2": "spleen"}',
-                       field="label_names", code="invalid_request") from exc
-    if not isinstance(parsed, dict):
-        raise ApiError('label_names must be a JSON object such as {"1": "liver"}', field="label_names",
-                       code="invalid_request")
-    names = {}
-    for key, value in parsed.items():
-        if not str(key).isdigit() or int(key) not in labels:
-            raise ApiError(f"label_names has label {key!r}, which no support mask holds (labels: {list(labels)})",
-                           field="label_names", code="invalid_input")
-        if not isinstance(value, str):
-            raise ApiError("label_names values must be strings", field="label_names", code="invalid_request")
-        names[str(int(key))] = _check_name(value, f"label_names.{key}")
-    return names
 
 
 def _info(record: PromptRecord) -> dict:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import AUTH, ModelDep, PromptsDep, SettingsDep
+from app.outputs import label_headers, label_summary
 from app.pipeline import SegmentForm, build_task, encode, probs_b64, run_model, segment_form
 from app.schemas import MASK_CONTENT, SegmentResult, error_responses
 
@@ -28,7 +29,8 @@ def wants_json(output: str | None, accept: str) -> bool:
     response_model=SegmentResult,
     responses={
         200: {"description": "the mask: PNG (TIFF for a TIFF query) for 2D queries, NIfTI (.nii.gz, same affine and "
-              "header) for NIfTI volumes; JSON with `Accept: application/json` or output=json",
+              "header) for NIfTI volumes and DICOM series, .seg.nrrd for NRRD, a DICOM SEG with output=dicom-seg; "
+              "JSON with `Accept: application/json` or output=json",
               "content": MASK_CONTENT},
         **error_responses(400, 401, 404, 413, 415, 422, 429, 503, 504),
     },
@@ -53,15 +55,14 @@ async def segment(
     probs_files = await run_in_threadpool(probs_b64, task, probs) if form.output == "probs" else None
     timings = {"decode": round(task.decode_ms, 2), "model": round(model_ms, 2),
                "encode": round((time.perf_counter() - start) * 1000, 2)}
-    labels = [int(v) for v in task.labels]
+    summary = label_summary(mask, task.labels, task.label_names)
     if wants_json(form.output, request.headers.get("accept", "")):
-        body = SegmentResult(mask=base64.b64encode(payload).decode(), media_type=media_type, labels=labels,
-                             label_names=task.label_names, shape=list(mask.shape), timings=timings,
-                             probs=probs_files, volume=volume)
+        body = SegmentResult(mask=base64.b64encode(payload).decode(), media_type=media_type, **summary,
+                             shape=list(mask.shape), timings=timings, probs=probs_files, volume=volume)
         return JSONResponse(body.model_dump(exclude_none=True))
     headers = {
         "Content-Disposition": f'attachment; filename="mask{extension}"',
-        "X-Labels": ",".join(map(str, labels)),
+        **label_headers(summary),
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
     }
     if volume is not None:  # the slices set to background without running the model

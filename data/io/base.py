@@ -50,6 +50,16 @@ class ImageData:
         """A volume with more than one slice along every axis (a NIfTI holding one 2D slice is not)."""
         return self.kind == "volume" and 1 not in self.array.shape
 
+    def as_nifti(self) -> ImageData:
+        """This volume as a NIfTI writer needs it: a NIfTI as it is; DICOM (LPS) and NRRD (its ``space``) with the
+        affine turned RAS and no header of their own."""
+        if self.format == "nifti":
+            return self
+        space = str(self.meta.get("space") or "RAS")
+        flip = _TO_RAS.get(space, (1.0, 1.0, 1.0))
+        affine = None if self.affine is None else np.diag([*flip, 1.0]) @ self.affine
+        return ImageData(array=self.array, kind=self.kind, format="nifti", affine=affine, meta={})
+
     def as_2d(self, field: str) -> np.ndarray:
         """The 2D array of an image, or of a volume with a singleton axis (a NIfTI slice).
 
@@ -64,6 +74,10 @@ class ImageData:
             array = array.squeeze(axis=array.shape.index(1))
         return array
 
+
+# patient coordinate systems -> the flips that make them RAS (DICOM is LPS; NRRD names its space)
+_TO_RAS = {"LPS": (-1.0, -1.0, 1.0), "left-posterior-superior": (-1.0, -1.0, 1.0),
+           "LAS": (-1.0, 1.0, 1.0), "left-anterior-superior": (-1.0, 1.0, 1.0)}
 
 _OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")  # <_io.BytesIO object at 0x7f...>
 _QUOTED_PATH = re.compile(r"\s*(['\"])(?:/|[A-Za-z]:\\|~)[^'\"]*\1")  # '/tmp/scan.png', "C:\\data\\x.dcm"

@@ -13,7 +13,9 @@ from data.io.atomic import write_atomic
 from data.io.base import ImageData
 from data.io.dicom import dicom_bytes
 from data.io.nifti import nifti_bytes, nifti_mask_bytes, nifti_probs_bytes
+from data.io.nrrd_io import nrrd_bytes, seg_nrrd_bytes
 from data.io.pillow import lossy_bytes, pillow_bytes
+from data.io.segments import labels_present, segments_for
 
 _SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
@@ -29,17 +31,19 @@ def to_png_bytes(array: np.ndarray) -> bytes:
     return pillow_bytes(array, "PNG", field="array")
 
 
-def encode_mask(mask: np.ndarray, like: ImageData) -> tuple[bytes, str, str]:
+def encode_mask(mask: np.ndarray, like: ImageData, names: dict[str, str] | None = None) -> tuple[bytes, str, str]:
     """Encode a label map in the format and geometry of the query it was predicted for.
 
     Args:
         mask: (H, W) for an image query, (H, W, D) for a volume query; non-negative integers.
         like: the query as read by ``read_image``.
+        names: label value (as a string) -> name, for formats that carry names (``.seg.nrrd``).
 
     Returns:
         (bytes, media type, file extension): PNG for PNG/JPEG/BMP/DICOM queries, TIFF for TIFF queries,
-        gzipped NIfTI (.nii.gz) with the query's affine and header for NIfTI queries. 8-bit when every label
-        is at most 255, else 16-bit.
+        gzipped NIfTI (.nii.gz) with the query's affine and header for NIfTI queries (DICOM volumes: their
+        affine in RAS), ``.seg.nrrd`` with the query's space, directions and origin for NRRD queries (a segment
+        per label present, named and coloured). 8-bit when every label is at most 255, else 16-bit.
 
     Raises:
         InputError: the mask's shape differs from the query's, or its values are not labels.
@@ -53,8 +57,12 @@ def encode_mask(mask: np.ndarray, like: ImageData) -> tuple[bytes, str, str]:
     if (mask.size and int(mask.min()) < 0) or top > 65535:
         raise InputError("mask labels must be in 0..65535", field="mask")
     mask = mask.astype(np.uint8 if top <= 255 else np.uint16)
+    if like.kind == "volume" and like.format == "nrrd":
+        segments = segments_for(labels_present(mask), names)
+        payload = seg_nrrd_bytes(mask, like.affine, like.meta.get("space"), segments)
+        return payload, "application/octet-stream", ".seg.nrrd"
     if like.kind == "volume":
-        return nifti_mask_bytes(mask, like), "application/gzip", ".nii.gz"
+        return nifti_mask_bytes(mask, like.as_nifti()), "application/gzip", ".nii.gz"
     if like.format == "tiff":
         return pillow_bytes(mask, "TIFF", field="mask"), "image/tiff", ".tif"
     return pillow_bytes(mask, "PNG", field="mask"), "image/png", ".png"
@@ -73,7 +81,7 @@ def encode_probs(probs: np.ndarray, like: ImageData) -> bytes:
     probs = np.asarray(probs)
     if like.kind != "volume" or probs.shape[1:] != like.shape:
         raise InputError(f"probabilities of shape {probs.shape} do not fit the query {like.shape}", field="probs")
-    return nifti_probs_bytes(np.moveaxis(probs, 0, -1), like)
+    return nifti_probs_bytes(np.moveaxis(probs, 0, -1), like.as_nifti())
 
 
 def write_mask(mask: np.ndarray, like: ImageData, path: str | os.PathLike) -> Path:
@@ -92,7 +100,7 @@ def save_image(array: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray
     Args:
         array: (H, W) or (H, W, 3|4) for .png/.jpg/.jpeg/.tif/.tiff/.bmp (uint8, uint16 for PNG/TIFF);
             (H, W) uint8/uint16 for .dcm (a minimal anonymous single-frame DICOM);
-            (H, W, D) any real dtype for .nii/.nii.gz.
+            (H, W, D) any real dtype for .nii/.nii.gz and .nrrd (RAS).
         path: destination; written atomically.
         affine: (4, 4) NIfTI affine (identity if None).
 
@@ -104,6 +112,8 @@ def save_image(array: np.ndarray, path: str | os.PathLike, *, affine: np.ndarray
     array = np.asarray(array)
     if name.endswith((".nii", ".nii.gz")):
         payload = nifti_bytes(array, affine, gzipped=name.endswith(".gz"))
+    elif name.endswith(".nrrd"):
+        payload = nrrd_bytes(array, affine)
     elif name.endswith(".dcm"):
         payload = dicom_bytes(array)
     else:
