@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.metrics import Metrics
+from model.cancel import Cancelled, stop_when
 from model.segmenter import PreparedSupport, predict_each
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,12 @@ class MicroBatcher:
         start = time.perf_counter()
         support, ensemble = group[0].support, group[0].ensemble
         try:
-            out = predict_each(lambda queries: self._run_many(queries, support, ensemble), [it.query for it in group])
+            # every caller of the group gave up (deadline, disconnect, server stop): the pass stops at its next chunk
+            with stop_when(lambda: all(it.future.done() for it in group)):
+                out = predict_each(lambda queries: self._run_many(queries, support, ensemble),
+                                   [it.query for it in group])
+        except Cancelled as exc:
+            return [exc] * len(group)
         except Exception as exc:  # noqa: BLE001 - handed to every request of the group
             log.exception("model pass failed")
             return [exc] * len(group)

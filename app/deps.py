@@ -49,9 +49,16 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_tenant(request: Request) -> str | None:
+    """The tenant of the request's key (``app.middleware``); None without keys. Prompts and jobs are the
+    tenant's own; the admin key's tenant sees all."""
+    return request.scope.get("icseg.tenant")
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelDep = Annotated[ModelService, Depends(get_model)]
 PromptsDep = Annotated[Prompts, Depends(get_prompts)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+TenantDep = Annotated[str | None, Depends(get_tenant)]
 AUTH = [Depends(bearer_scheme)]

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from app.logs import scrubbed_traceback
 from data.errors import CodedError, InputError
 
 try:  # newer FastAPI keeps included routers nested in app.routes; this walks them
@@ -43,6 +44,7 @@ STATUS = {
     "support_count_mismatch": 422,
     "too_many_support_items": 422,
     "too_many_labels": 422,
+    "too_much_work": 422,
     # who asks, and what
     "unauthorized": 401,
     "not_found": 404,
@@ -59,6 +61,7 @@ STATUS = {
     "internal": 500,
     "model_not_ready": 503,
     "store_unavailable": 503,
+    "server_stopping": 503,
     "timeout": 504,
 }
 
@@ -203,7 +206,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # the traceback goes to the log (no request content in it); the body says nothing about internals
     request_id = request.scope.get("icseg.request_id", "")
-    log.exception("unhandled error request_id=%s", request_id)
+    # scrubbed here too, whatever formatter logs it: a decoder's message may quote the file's content
+    log.error("unhandled error request_id=%s\n%s", request_id, scrubbed_traceback(exc))
     return error_response("internal", f"internal error; quote request id {request_id} when reporting it")
 
 

@@ -24,8 +24,10 @@ from pathlib import Path
 
 from app.errors import Busy, JobNotFound
 from app.metrics import Metrics
+from app.prompts import visible
 from data.errors import CodedError
 from data.io import write_atomic
+from model.cancel import Cancelled, stop_when
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class Job:
     extension: str | None = None
     volume: dict | None = None  # a volume job's metadata once done: slices, skipped, tasks, options
     probs_path: Path | None = None  # output=probs: the float NIfTI of per-label probabilities
+    owner: str | None = None  # the tenant that submitted it (None: no keys configured)
     label_info: dict | None = None  # once done: labels_present, label_names, segments (app.outputs.label_summary)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     future: Future | None = None
@@ -110,7 +113,7 @@ class JobManager:
         """Mirror the job's state to disk (atomic rename); a deleted job is not written back."""
         state = {**job.to_dict(), "result_file": job.result_path.name if job.result_path else None,
                  "probs_file": job.probs_path.name if job.probs_path else None,
-                 "media_type": job.media_type, "extension": job.extension}
+                 "media_type": job.media_type, "extension": job.extension, "owner": job.owner}
         with self._lock:
             if job.id not in self._jobs:
                 return
@@ -140,6 +143,7 @@ class JobManager:
                           media_type=state.get("media_type"), extension=state.get("extension"),
                           volume=state.get("volume"),
                           probs_path=self.dir / state["probs_file"] if state.get("probs_file") else None,
+                          owner=state.get("owner"),
                           label_info={key: state.get(key) for key in LABEL_KEYS} if state.get("segments") else None)
                 if not JOB_ID.fullmatch(job.id) or path.stem != job.id:
                     raise ValueError("file name and id differ")
@@ -179,12 +183,13 @@ class JobManager:
         if self._active >= self.capacity:
             raise self._busy()
 
-    def submit(self, work: JobWork, total: int, labels: Sequence[int] | None = None) -> Job:
+    def submit(self, work: JobWork, total: int, labels: Sequence[int] | None = None, owner: str | None = None) -> Job:
         """Queue ``work``; ``total`` progress steps; ``labels``: the label values the mask will hold."""
         with self._lock:
             if self._active >= self.capacity:
                 raise self._busy()
-            job = Job(id=uuid.uuid4().hex, total=total, labels=None if labels is None else [int(v) for v in labels])
+            job = Job(id=uuid.uuid4().hex, total=total, labels=None if labels is None else [int(v) for v in labels],
+                      owner=owner)
             self._jobs[job.id] = job
             self._active += 1
         self._save(job)
@@ -205,7 +210,8 @@ class JobManager:
                     raise JobCancelled
                 job.done, job.total = done, total
 
-            payload, media_type, extension, *extra = work(progress)
+            with stop_when(job.cancel_event.is_set):  # the model stops at its next chunk, not the next slice batch
+                payload, media_type, extension, *extra = work(progress)
             if job.cancel_event.is_set():
                 raise JobCancelled
             extra = extra[0] if extra else {}
@@ -217,7 +223,7 @@ class JobManager:
             job.result_path, job.media_type, job.extension = path, media_type, extension
             job.done = job.total
             job.status = "done"
-        except JobCancelled:
+        except (JobCancelled, Cancelled):
             if self._stopping:  # the server is shutting down: the user did not cancel it
                 job.status = "failed"
                 job.error = {"code": "interrupted", "message": "the server stopped while this job was running; "
@@ -246,16 +252,18 @@ class JobManager:
                 self._save(job)
             self._update_gauges()
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, tenant: str | None = None) -> Job:
+        """A job; another tenant's is answered as unknown (``app.prompts.visible``)."""
         with self._lock:
             job = self._jobs.get(job_id)
-        if job is None or (job.expires_at is not None and time.time() >= job.expires_at):
+        if (job is None or (job.expires_at is not None and time.time() >= job.expires_at)
+                or not visible(job.owner, tenant)):
             raise JobNotFound(f"no job with id {job_id!r} (unknown, deleted or expired)", field="job_id")
         return job
 
-    def delete(self, job_id: str) -> Job:
+    def delete(self, job_id: str, tenant: str | None = None) -> Job:
         """Cancel a queued or running job, or forget a finished one and its result."""
-        job = self.get(job_id)
+        job = self.get(job_id, tenant)
         job.cancel_event.set()
         with self._lock:
             self._jobs.pop(job_id, None)

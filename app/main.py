@@ -17,9 +17,10 @@ from app.middleware import RequestContext
 from app.model_service import ModelService
 from app.prompt_store import make_store
 from app.prompts import Prompts
-from app.routes import health, info, jobs, prompts, segment, viewer
+from app.routes import docs, health, info, jobs, prompts, segment, viewer
 from app.routes import metrics as metrics_route
 from app.settings import Settings
+from app.stopping import Stopping
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.model, app.state.model_error = None, None
+        app.state.stopping.loop = asyncio.get_running_loop()
         try:
             model = await run_in_threadpool(ModelService.load, settings, metrics)
         except Exception as exc:  # noqa: BLE001 - the server stays up, unready, and says why on /readyz
@@ -65,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.stopping.begin()
             sweeper.cancel()
             app.state.jobs.shutdown()
             if app.state.model is not None:
@@ -76,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs" if settings.docs else None,
+        docs_url=None,  # app.routes.docs: Swagger UI from the pinned local bundle, not a CDN
         openapi_url="/openapi.json" if settings.docs else None,
         redoc_url=None,
         # enough for a full support set and the query; more files fail at parsing, not in memory
@@ -85,9 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.model, app.state.model_error = None, "the server is starting"
+    app.state.stopping = Stopping(settings.shutdown_grace_s)
     install_error_handlers(app)
     for module in (health, info, metrics_route, segment, prompts, jobs, viewer):
         app.include_router(module.router)
+    if settings.docs:
+        app.include_router(docs.router)
     app.add_middleware(RequestContext, settings=settings, metrics=metrics)
     if settings.cors_origins:  # outermost, so that preflights and 401s carry the CORS headers
         app.add_middleware(

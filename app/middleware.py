@@ -9,6 +9,8 @@ and the time: never paths with ids, file names, headers or content.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import re
@@ -17,11 +19,12 @@ import uuid
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import Busy, coded_response, error_response
+from app.errors import Busy, coded_response, error_response, iter_route_contexts
 from app.metrics import Metrics
-from app.settings import Settings
+from app.settings import ASCII_SPACE, Settings
 
 log = logging.getLogger("icseg.access")
 
@@ -31,11 +34,33 @@ _QUIET_ROUTES = {"/healthz", "/readyz", "/metrics"}
 
 def key_matches(token: str, keys: list[str]) -> bool:
     """Constant-time comparison against every key (no early exit that would tell which one was close)."""
+    return tenant_of(token, dict.fromkeys(keys, "")) is not None
+
+
+def tenant_of(token: str, tenants: dict[str, str]) -> str | None:
+    """The tenant whose key is ``token``, or None; every key is compared, in constant time, no early exit."""
     token_bytes = token.encode()
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(token_bytes, key.encode())
-    return ok
+    found = None
+    for key, name in tenants.items():
+        if hmac.compare_digest(token_bytes, key.encode()):
+            found = name
+    return found
+
+
+def matched_route(scope: Scope) -> str:
+    """The route template a request goes to, also for requests answered here (401, 429, 503)."""
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        return route
+    app = scope.get("app")
+    for candidate in iter_route_contexts(getattr(app, "routes", [])):
+        try:
+            match, _ = candidate.matches(scope)
+        except Exception:  # noqa: BLE001 - a route that cannot match this scope
+            continue
+        if match == Match.FULL:
+            return getattr(candidate, "path", None) or "unmatched"
+    return "unmatched"
 
 
 async def _drain(receive: Receive, limit: int) -> None:
@@ -59,28 +84,70 @@ class RequestContext:
         if settings.docs:
             self.public |= {"/docs", "/docs/oauth2-redirect", "/openapi.json"}
 
+    def _is_public(self, path: str) -> bool:
+        return (path in self.public or path.startswith("/static/")
+                or (self.settings.docs and path.startswith("/docs/assets/")))
+
     def _reject(self, scope: Scope, headers: Headers):
         """A response for a request that must not reach the app, or None."""
-        keys = self.settings.api_keys
+        tenants = self.settings.tenants
         path = scope["path"]
-        if keys and path not in self.public and not path.startswith("/static/") and scope["method"] != "OPTIONS":
+        scope["icseg.tenant"] = None  # no keys: one tenant, nothing to separate
+        if tenants and not self._is_public(path) and scope["method"] != "OPTIONS":
             scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not key_matches(token.strip(), keys):
+            tenant = tenant_of(token.strip(ASCII_SPACE), tenants) if scheme.lower() == "bearer" else None
+            if tenant is None:
                 return error_response("unauthorized", "send a valid API key as `Authorization: Bearer <key>`",
                                       "Authorization", headers={"WWW-Authenticate": "Bearer"})
+            scope["icseg.tenant"] = tenant
+        state = getattr(scope.get("app"), "state", None)
+        stopping = getattr(state, "stopping", None)
+        if stopping is not None and stopping.admitting is False and path not in ("/healthz", "/readyz"):
+            return coded_response(stopping.refusal())
         length = headers.get("content-length")
         if length and length.isdigit() and int(length) > self.settings.max_upload_bytes:
             return error_response("too_large", f"the request body is {int(length):,} bytes, above the limit of "
                                   f"{self.settings.max_upload_bytes:,} (ICSEG_MAX_UPLOAD_MB)", None)
-        if scope["method"] == "POST" and path == "/segment":
-            # a full model queue is answered here, before the form is parsed: a fast 429, not a timeout
-            model = getattr(getattr(scope.get("app"), "state", None), "model", None)
+        if scope["method"] == "POST" and path in ("/segment", "/jobs"):
+            # a full queue is answered here, before the form is parsed: a fast 429, not a timeout
+            queue = getattr(state, "model" if path == "/segment" else "jobs", None)
             try:
-                if model is not None:
-                    model.ensure_room()
+                if queue is not None:
+                    queue.ensure_room()
             except Busy as busy:
                 return coded_response(busy)
         return None
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app, raced against the end of a graceful stop: a request still running when the grace period
+        ends is cancelled (its model work stops at the next chunk) and answered 503 JSON, never plain text."""
+        stopping = getattr(getattr(scope.get("app"), "state", None), "stopping", None)
+        if stopping is None:
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        work = asyncio.ensure_future(self.app(scope, receive, tracking_send))
+        deadline = asyncio.ensure_future(stopping.cancel_now.wait())
+        try:
+            await asyncio.wait({work, deadline}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done() or started:
+                await work
+                return
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+            if not started:
+                await coded_response(stopping.refusal(cancelled=True))(scope, receive, send)
+        finally:
+            deadline.cancel()
+            if not work.done():
+                work.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,9 +188,9 @@ class RequestContext:
                     await _drain(receive, limit)
                 await rejection(scope, receive, send_with_id)
             else:
-                await self.app(scope, receive_with_limit, send_with_id)
+                await self._run(scope, receive_with_limit, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = matched_route(scope)
             elapsed = time.perf_counter() - start
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(scope["method"], route).observe(elapsed)

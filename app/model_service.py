@@ -22,6 +22,7 @@ from app.errors import Busy
 from app.metrics import Metrics
 from app.settings import Settings
 from data.io import FORMATS
+from model.cancel import Cancelled, stop_when
 from model.inputs import SupportFiles
 from model.segmenter import PreparedSupport, Segmenter
 from model.volume import VolumeSupport
@@ -131,6 +132,7 @@ class ModelService:
         with self._lock:
             self._volumes_waiting += 1
         counted = [True]
+        given_up = threading.Event()  # the caller's deadline passed or it was cancelled: stop at the next chunk
 
         def stop_counting() -> None:  # exactly once: when it starts, or when it gives up while queued
             with self._lock:
@@ -140,11 +142,15 @@ class ModelService:
 
         def run():
             stop_counting()
-            return fn(*args)
+            if given_up.is_set():
+                raise Cancelled
+            with stop_when(given_up.is_set):
+                return fn(*args)
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, run)
         finally:
+            given_up.set()
             stop_counting()
 
     def segment_volume(

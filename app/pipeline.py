@@ -16,9 +16,10 @@ from functools import partial
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import File, Form, UploadFile
+from fastapi import File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from app import budget
 from app.errors import ApiError
 from app.labels import parse_label_names
 from app.model_service import ModelService, Progress
@@ -27,7 +28,7 @@ from app.prompts import Prompts
 from app.settings import Settings
 from data.io import ImageData, encode_probs, read_series, to_png_bytes
 from model.inputs import SupportFiles, read_support
-from model.support import PreparedSupport, merge_labels
+from model.support import PreparedSupport, label_set, merge_labels
 from model.volume import VolumeSupport
 from model.volume_plan import DEFAULT_SKIP_MARGIN, VolumeOptions
 from model.volume_run import VolumeResult
@@ -52,7 +53,23 @@ class SegmentForm:
     label_names: str | None = None
 
 
+# form fields that take one value; `query` may repeat (a DICOM series sent file by file)
+SINGLE_FIELDS = ("prompt_id", "threshold", "ensemble", "axis", "output", "support_slices", "skip_margin", "cascade",
+                 "label_names")
+
+
+async def reject_repeated(request: Request, names: tuple[str, ...]) -> None:
+    """422 for a single-valued field given twice (two thresholds): FastAPI would keep one silently. The form
+    is the one FastAPI already parsed (cached on the request)."""
+    form = await request.form()
+    for name in names:
+        if len(form.getlist(name)) > 1:
+            raise ApiError(f"{name} is given {len(form.getlist(name))} times; send it once", field=name,
+                           code="invalid_request")
+
+
 async def segment_form(
+    request: Request,
     query: Annotated[list[UploadFile], File(
         description="the image to segment: PNG, JPEG, TIFF, BMP, DICOM, NIfTI or NRRD; a DICOM series as "
         "repeated query parts (one per slice, any order), a zip of the series or a multi-frame instance")],
@@ -89,6 +106,7 @@ async def segment_form(
     label_names: Annotated[str | None, Form(
         description='JSON object label -> name for inline support, e.g. {"1": "liver"} (as /prompts takes)')] = None,
 ) -> SegmentForm:
+    await reject_repeated(request, SINGLE_FIELDS)
     return SegmentForm(query[0], support_images or [], support_masks or [], prompt_id or None, threshold, ensemble,
                        axis, output, support_slices, skip_margin, cascade, query[1:], label_names or None)
 
@@ -143,8 +161,10 @@ def decode_support(images: list[bytes], masks: list[bytes], settings: Settings, 
                         max_voxels=settings.max_voxels)
 
 
-async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, settings: Settings) -> SegmentTask:
-    """Check the form, decode every file and prepare the support set (raises coded errors)."""
+async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, settings: Settings,
+                     *, is_job: bool = False, tenant: str | None = None) -> SegmentTask:
+    """Check the form, price it (``app.budget``, from the headers), decode every file and prepare the
+    support set (raises coded errors). ``is_job``: the job budget instead of the synchronous one."""
     has_files = bool(form.support_images or form.support_masks)
     if form.prompt_id and has_files:
         raise ApiError("give either prompt_id or support_images/support_masks, not both", field="prompt_id",
@@ -159,15 +179,24 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
     image_bytes, mask_bytes = await read_uploads(form.support_images), await read_uploads(form.support_masks)
     record = support = None
     if form.prompt_id:
-        record, support = await run_in_threadpool(prompts.load, form.prompt_id, model.size)
+        record, support = await run_in_threadpool(prompts.load, form.prompt_id, model.size, tenant)
 
     def decode_all() -> tuple[ImageData, SupportFiles | None]:
+        cost = budget.estimate(query_bytes, image_bytes, mask_bytes, ensemble=form.ensemble, axis=form.axis,
+                               support_slices=form.support_slices, max_support=model.max_support,
+                               settings=settings, is_job=is_job)
+        if record is not None:
+            cost.support_size, cost.labels = record.support_size, len(record.labels)
+        budget.check(cost, settings, is_job=is_job)  # from the headers: nothing decoded yet
         query = read_series([query_bytes, *more_query], max_pixels=settings.max_pixels,
                             max_voxels=settings.max_voxels, field="query")
         check_output(form.output, query)
         if record is not None:
             return query, None
-        return query, decode_support(image_bytes, mask_bytes, settings, volumes=query.kind == "volume")
+        files = decode_support(image_bytes, mask_bytes, settings, volumes=query.kind == "volume")
+        cost.labels = len(label_set(files.masks, settings.max_labels))
+        budget.check(cost, settings, is_job=is_job)  # the real label count, before any model work
+        return query, files
 
     query, files = await run_in_threadpool(decode_all)
     decode_ms = (time.perf_counter() - start) * 1000

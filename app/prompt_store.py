@@ -55,6 +55,7 @@ class PromptRecord:
     name: str | None = None
     label_names: dict[str, str] = field(default_factory=dict)
     bytes: int = 0
+    owner: str | None = None  # the tenant (API key name) that created it; None: created without keys
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -223,7 +224,7 @@ class RedisPromptStore(PromptStore):
 
         super().__init__(max_bytes)
         self._redis_error = redis.RedisError
-        self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self.prefix = prefix
 
     def _meta(self, prompt_id: str) -> str:

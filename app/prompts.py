@@ -16,7 +16,13 @@ import numpy as np
 
 from app.errors import PromptNotFound, PromptStale
 from app.prompt_store import PromptRecord, PromptStore, new_id, valid_id
+from app.settings import ADMIN
 from model.support import PreparedSupport
+
+
+def visible(owner: str | None, tenant: str | None) -> bool:
+    """Whether ``tenant`` (None: no keys configured) sees what ``owner`` created: its own, or all for the admin."""
+    return tenant is None or tenant == ADMIN or owner == tenant
 
 
 def dump_support(support: PreparedSupport) -> bytes:
@@ -48,28 +54,30 @@ class Prompts:
         self._lock = threading.Lock()
 
     def create(self, support: PreparedSupport, network_size: int, name: str | None = None,
-               label_names: dict[str, str] | None = None) -> PromptRecord:
+               label_names: dict[str, str] | None = None, owner: str | None = None) -> PromptRecord:
         now = time.time()
         blob = dump_support(support)
         record = PromptRecord(
             id=new_id(), labels=list(support.labels), support_size=support.size, network_size=network_size,
             created_at=now, expires_at=now + self.ttl_s if self.ttl_s else None, name=name,
-            label_names=label_names or {},
+            label_names=label_names or {}, owner=owner,
         )
         record.bytes = len(blob) + len(record.to_json()) + 8  # +8: the digits of `bytes` itself
         self.store.put(record, blob)
         return record
 
-    def get(self, prompt_id: str, field: str = "prompt_id") -> PromptRecord:
+    def get(self, prompt_id: str, field: str = "prompt_id", tenant: str | None = None) -> PromptRecord:
+        """A prompt's record; another tenant's prompt is answered as unknown (``visible``)."""
         record = self.store.get_record(prompt_id) if valid_id(prompt_id) else None
-        if record is None:
+        if record is None or not visible(record.owner, tenant):
             with self._lock:
                 self._cache.pop(prompt_id, None)
             raise PromptNotFound(f"no prompt with id {prompt_id!r} (unknown, deleted or expired)", field=field)
         return record
 
-    def load(self, prompt_id: str, network_size: int) -> tuple[PromptRecord, PreparedSupport]:
-        record = self.get(prompt_id)
+    def load(self, prompt_id: str, network_size: int,
+             tenant: str | None = None) -> tuple[PromptRecord, PreparedSupport]:
+        record = self.get(prompt_id, tenant=tenant)
         if record.network_size != network_size:
             raise PromptStale(f"prompt {prompt_id} was prepared for a {record.network_size}px network but the "
                               f"model is {network_size}px; create the prompt again", field="prompt_id")
@@ -88,10 +96,11 @@ class Prompts:
                 self._cache.popitem(last=False)
         return record, support
 
-    def list(self) -> list[PromptRecord]:
-        return self.store.list()
+    def list(self, tenant: str | None = None) -> list[PromptRecord]:
+        return [r for r in self.store.list() if visible(r.owner, tenant)]
 
-    def delete(self, prompt_id: str) -> None:
+    def delete(self, prompt_id: str, tenant: str | None = None) -> None:
+        self.get(prompt_id, tenant=tenant)  # another tenant's prompt is not found, and stays
         with self._lock:
             self._cache.pop(prompt_id, None)
         if not self.store.delete(prompt_id):

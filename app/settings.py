@@ -3,11 +3,49 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ASCII_SPACE = " \t\n\r\x0b\x0c"  # what is stripped from keys and tokens; a non-breaking space is not
+ADMIN = "admin"  # the tenant name of ICSEG_ADMIN_KEY: it sees every tenant's prompts and jobs
+
+
+def parse_keys(entries: list[str], keys_file: Path | None, admin_key: str | None) -> dict[str, str]:
+    """key -> tenant from ``name:key`` entries (a bare key is the tenant ``key-<n>``), a keys file and the admin key.
+
+    Raises:
+        ValueError: an empty key or tenant name, a key given twice, a keys file that is unreadable or holds no key.
+    """
+    lines = list(entries)
+    if keys_file is not None:
+        try:
+            text = Path(keys_file).read_text()
+        except OSError as exc:
+            raise ValueError(f"ICSEG_API_KEYS_FILE cannot be read: {exc.strerror or exc}") from None
+        found = [ln.strip(ASCII_SPACE) for ln in text.splitlines()]
+        found = [ln for ln in found if ln and not ln.startswith("#")]
+        if not found:
+            raise ValueError("ICSEG_API_KEYS_FILE holds no key")
+        lines += found
+    tenants: dict[str, str] = {}
+    for n, entry in enumerate(lines, 1):
+        name, sep, key = entry.partition(":")
+        name, key = (name.strip(ASCII_SPACE), key.strip(ASCII_SPACE)) if sep else (f"key-{n}", entry)
+        if not key or not name:
+            raise ValueError(f"API key entry {n} has an empty tenant name or key; write tenant:key")
+        if key in tenants:
+            raise ValueError(f"API key entry {n} repeats a key")
+        tenants[key] = name
+    if admin_key is not None:
+        admin_key = admin_key.strip(ASCII_SPACE)
+        if not admin_key or admin_key in tenants:
+            raise ValueError("ICSEG_ADMIN_KEY is empty or also a tenant's key")
+        tenants[admin_key] = ADMIN
+    return tenants
 
 
 def _default_data_dir() -> Path:
@@ -35,7 +73,14 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("icseg", description="key prefix in Redis")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="comma-separated bearer tokens; set: every route but /healthz and /readyz needs one",
+        description="comma-separated tenant:key pairs (a bare key is its own tenant); set: every route but "
+        "/healthz and /readyz needs a key, and each tenant sees only its own prompts and jobs",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="a file of tenant:key lines (# comments), read at start; joins ICSEG_API_KEYS"
+    )
+    admin_key: str | None = Field(
+        None, description="a key that lists, reads and deletes every tenant's prompts and jobs (tenant 'admin')"
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated browser origins allowed by CORS (unset: none)"
@@ -51,6 +96,16 @@ class Settings(BaseSettings):
     sync_max_voxels: int = Field(
         8_000_000, ge=0, description="largest volume /segment answers synchronously; larger ones go to /jobs"
     )
+    sync_max_work: int = Field(
+        4096, ge=1, description="most model work /segment runs: query units (1 for 2D, slices for a volume) x "
+        "labels x support size x ensemble; more: 413 use_jobs")
+    job_max_work: int = Field(262_144, ge=1, description="most model work of one job (same units)")
+    sync_max_mb: float = Field(
+        1024.0, gt=0, description="memory budget of one /segment, estimated from the headers: decoded inputs, "
+        "their float copies and one probability map per label at the query's size")
+    job_max_mb: float = Field(2048.0, gt=0, description="memory budget of one job (same estimate)")
+    shutdown_grace_s: float = Field(
+        8.0, ge=0, description="on SIGTERM: new requests get 503; running ones are cancelled after this long")
     request_timeout_s: float = Field(300.0, gt=0, description="longest a synchronous /segment waits for the model")
     queue_size: int = Field(
         32, ge=1, description="requests waiting for the model beyond the pass that runs; more get 429 at once"
@@ -66,12 +121,33 @@ class Settings(BaseSettings):
     job_result_ttl_s: int = Field(3600, ge=1, description="seconds a finished job and its result are kept")
     sweep_interval_s: float = Field(60.0, gt=0, description="how often expired prompts and jobs are removed")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            parts = [part.strip(ASCII_SPACE) for part in value.split(",")]
+            keys = [part for part in parts if part]
+            if value.strip(ASCII_SPACE) and not keys:  # " , " would silently turn authentication off
+                raise ValueError("ICSEG_API_KEYS holds no key; unset it or give tenant:key pairs")
+            return keys
+        return value
+
+    @model_validator(mode="after")
+    def _keys_parse(self):
+        self.tenants  # noqa: B018 - raises on a malformed entry or keys file, at start-up
+        return self
+
+    @cached_property
+    def tenants(self) -> dict[str, str]:
+        """key -> tenant name; empty when no key is configured (then nothing is separated)."""
+        return parse_keys(self.api_keys, self.api_keys_file, self.admin_key)
 
     @property
     def max_upload_bytes(self) -> int:

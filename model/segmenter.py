@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import torch
 
 from data.errors import InputError
 from data.preprocess import prepare_gray, resize, to_gray
+from model import cancel, volume_plan
 from model import volume as volumes
-from model import volume_plan
+from model.cancel import CHUNK_S, ShouldStop
 from model.network import UniverSegNet, count_parameters
 from model.support import PreparedSupport, merge_labels, prepare_support
 from model.volume import VolumeSupport
@@ -170,8 +172,11 @@ class Segmenter:
         ensemble: int = 1,
         flip: bool = False,
         progress: ProgressFn | None = None,
+        should_stop: ShouldStop | None = None,
     ) -> list[np.ndarray]:
         """Probabilities for several queries sharing one support set, batched.
+
+        ``should_stop``: checked between forward passes (``model.cancel``); raises ``Cancelled`` when True.
 
         Returns:
             One (K, H_i, W_i) float32 array in [0, 1] per query (B in all).
@@ -181,7 +186,8 @@ class Segmenter:
             gray = to_gray(q, field="query" if len(queries) == 1 else f"query[{i}]")  # (H_i, W_i)
             shapes.append(gray.shape)
             prepared.append(prepare_gray(gray, self.size, self.clip_percentiles))
-        probs = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, progress, flip)
+        probs = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, progress, flip,
+                                      should_stop=should_stop)
         # (B, K, N, N) -> per query (K, H_i, W_i); clamp, not clamp_: at the network's own size resize returns
         # the inference tensor itself, which cannot be changed in place outside inference mode
         return [resize(p, s).clamp(0, 1).numpy() for p, s in zip(probs, shapes)]
@@ -198,7 +204,7 @@ class Segmenter:
     @torch.inference_mode()
     def predict_prepared(
         self, queries: torch.Tensor, supports: list[PreparedSupport], ensemble: int = 1,
-        progress: ProgressFn | None = None, flip: bool = False,
+        progress: ProgressFn | None = None, flip: bool = False, should_stop: ShouldStop | None = None,
     ) -> torch.Tensor:
         """Prepared queries, one prepared support per query -> probabilities at the network's size.
 
@@ -211,6 +217,12 @@ class Segmenter:
             progress: called with (queries done, B).
             flip: also run every task mirrored left-right (query and support set together) and average the
                 mirrored-back probabilities with the plain ones (test-time augmentation; twice the work).
+            should_stop: checked before every forward pass, with the enclosing ``model.cancel.stop_when``;
+                passes are sized to last about ``CHUNK_S``, so that a caller that gives up frees the thread
+                within about a second.
+
+        Raises:
+            Cancelled: ``should_stop`` said so between two passes.
 
         Returns:
             probs: (B, K, N, N) float32 in [0, 1], on the CPU.
@@ -226,10 +238,13 @@ class Segmenter:
         counts = torch.zeros(len(supports), n_labels, 1, 1)
         done_queries = 0
         start = 0
+        limit = self.max_batch_items  # query x support items per pass; shrunk to about CHUNK_S of work
         while start < len(tasks):
+            cancel.check(should_stop)
+            began = time.perf_counter()
             s, mirrored = tasks[start][2].shape[0], tasks[start][4]
             stop = start + 1
-            while (stop < len(tasks) and (stop - start + 1) * s <= self.max_batch_items
+            while (stop < len(tasks) and (stop - start + 1) * s <= limit
                    and tasks[stop][2].shape[0] == s and tasks[stop][4] == mirrored):
                 stop += 1
             chunk = tasks[start:stop]
@@ -244,6 +259,8 @@ class Segmenter:
             for (qi, li, _, _, _), pi in zip(chunk, p):
                 out[qi, li] += pi
                 counts[qi, li] += 1
+            per_item = (time.perf_counter() - began) / (len(chunk) * s)
+            limit = int(min(self.max_batch_items, max(s, CHUNK_S / max(per_item, 1e-9))))
             start = stop
             if progress is not None:
                 # tasks are ordered by query: every query before the next pending task is complete

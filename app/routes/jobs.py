@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from app.deps import AUTH, JobsDep, ModelDep, PromptsDep, SettingsDep
+from app.deps import AUTH, JobsDep, ModelDep, PromptsDep, SettingsDep, TenantDep
 from app.errors import ApiError, JobNotFound
 from app.outputs import label_headers, label_summary
 from app.pipeline import SegmentForm, build_task, encode, run_blocking, run_volume, segment_form, volume_details
@@ -26,11 +26,12 @@ async def create_job(
     prompts: PromptsDep,
     jobs: JobsDep,
     settings: SettingsDep,
+    tenant: TenantDep,
 ) -> JSONResponse:
     """Same fields as /segment. The inputs are checked before the 202, so a job fails later only on the
     server's side. Poll GET /jobs/{id}; fetch GET /jobs/{id}/result when its status is done."""
     jobs.ensure_room()
-    task = await build_task(form, model, prompts, settings)
+    task = await build_task(form, model, prompts, settings, is_job=True, tenant=tenant)
     if form.output == "probs" and not task.is_volume:
         raise ApiError("a 2D job returns the mask file; output=probs is for /segment or volume jobs",
                        field="output", code="invalid_input")
@@ -44,13 +45,13 @@ async def create_job(
         return (*encode(task, result.mask), {"volume": volume_details(task, result), "probs": probs,
                                              "labels": label_summary(result.mask, task.labels, task.label_names)})
 
-    job = jobs.submit(work, total=task.total_steps, labels=task.labels)
+    job = jobs.submit(work, total=task.total_steps, labels=task.labels, owner=tenant)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
 
 @router.get("/{job_id}", response_model=JobInfo, responses=error_responses(401, 404), summary="Status and progress")
-async def get_job(job_id: str, jobs: JobsDep) -> dict:
-    return jobs.get(job_id).to_dict()
+async def get_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> dict:
+    return jobs.get(job_id, tenant).to_dict()
 
 
 @router.get("/{job_id}/result", response_class=Response,
@@ -59,8 +60,8 @@ async def get_job(job_id: str, jobs: JobsDep) -> dict:
                        409: {"description": "the job is not done (or failed, or was cancelled)"},
                        **error_responses(401, 404)},
             summary="The mask of a finished job")
-async def job_result(job_id: str, jobs: JobsDep) -> Response:
-    job = jobs.get(job_id)
+async def job_result(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
+    job = jobs.get(job_id, tenant)
     if job.status != "done":
         detail = f": {job.error['message']}" if job.error else ""
         raise ApiError(f"job {job_id} is {job.status}{detail}", code=f"job_{job.status}",
@@ -84,8 +85,8 @@ async def job_result(job_id: str, jobs: JobsDep) -> Response:
                        409: {"description": "the job is not done, or was not asked for probabilities"},
                        **error_responses(401, 404)},
             summary="The per-label probabilities of a finished volume job")
-async def job_probs(job_id: str, jobs: JobsDep) -> Response:
-    job = jobs.get(job_id)
+async def job_probs(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
+    job = jobs.get(job_id, tenant)
     if job.status != "done" or job.probs_path is None:
         state = job.status if job.status != "done" else "done without output=probs"
         raise ApiError(f"job {job_id} has no probabilities: it is {state}", code=f"job_{job.status}"
@@ -101,6 +102,6 @@ async def job_probs(job_id: str, jobs: JobsDep) -> Response:
 
 @router.delete("/{job_id}", status_code=204, responses=error_responses(401, 404),
                summary="Cancel a job, or forget a finished one and its result")
-async def delete_job(job_id: str, jobs: JobsDep) -> Response:
-    jobs.delete(job_id)
+async def delete_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
+    jobs.delete(job_id, tenant)
     return Response(status_code=204)

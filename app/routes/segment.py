@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import AUTH, ModelDep, PromptsDep, SettingsDep
+from app.deps import AUTH, ModelDep, PromptsDep, SettingsDep, TenantDep
 from app.outputs import label_headers, label_summary
 from app.pipeline import SegmentForm, build_task, encode, probs_b64, run_model, segment_form
 from app.schemas import MASK_CONTENT, SegmentResult, error_responses
@@ -42,11 +42,12 @@ async def segment(
     model: ModelDep,
     prompts: PromptsDep,
     settings: SettingsDep,
+    tenant: TenantDep,
 ) -> Response:
     """Every label of the support set is segmented. Volumes up to ICSEG_SYNC_MAX_VOXELS are answered here;
     larger ones need POST /jobs."""
     model.ensure_room()  # a full queue answers 429 before any decoding
-    task = await build_task(form, model, prompts, settings)
+    task = await build_task(form, model, prompts, settings, tenant=tenant)
     start = time.perf_counter()
     mask, probs, volume = await run_model(task, model, settings)
     model_ms = task.prepare_ms + (time.perf_counter() - start) * 1000

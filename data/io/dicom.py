@@ -59,7 +59,7 @@ def decode_dicom(data: bytes, max_pixels: int | None, field: str, max_voxels: in
             f"{getattr(syntax, 'name', syntax)}. Send an uncompressed DICOM (e.g. `gdcmconv --raw`)",
             field=field,
         ) from exc
-    meta = {k: _plain(getattr(ds, k)) for k in _DICOM_META if k in ds}
+    meta = geometry_meta(ds)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None:
         meta["TransferSyntaxUID"] = str(syntax)
@@ -69,8 +69,23 @@ def decode_dicom(data: bytes, max_pixels: int | None, field: str, max_voxels: in
         # MONOCHROME1 shows low values white: invert within the stored range so that the image looks as displayed
         array = (array.max() - array + array.min()).astype(array.dtype)
     meta["dtype"] = str(array.dtype)
+
     return ImageData(array=np.ascontiguousarray(array), kind="image", format="dicom", header=[without_pixels(ds)],
                      meta=meta)
+
+
+def geometry_meta(ds) -> dict:
+    """The ``_DICOM_META`` attributes that parse; one holding text where a number belongs is left out (and
+    its value, which may name someone, is never kept)."""
+    meta = {}
+    for key in _DICOM_META:
+        try:
+            value = _plain(getattr(ds, key)) if key in ds else None
+        except (ValueError, TypeError, OverflowError):
+            value = None
+        if value is not None:
+            meta[key] = value
+    return meta
 
 
 def _plain(value):
@@ -80,6 +95,8 @@ def _plain(value):
         return [float(v) for v in value]
     except TypeError:
         return str(value)
+    except ValueError:  # a number-valued attribute holding text (PixelSpacing "abc\\defg"): not geometry
+        return None
 
 
 def dicom_bytes(array: np.ndarray) -> bytes:

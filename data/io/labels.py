@@ -6,6 +6,10 @@ import numpy as np
 
 from data.errors import InputError
 
+# the largest label value: what a 16-bit PNG or TIFF mask holds (the answer to a 2D query is such a file), so
+# that every accepted support mask can be answered and stored; NIfTI masks are held to it too, one rule
+MAX_LABEL = 65535
+
 
 def as_label_map(array: np.ndarray, field: str, colour: bool) -> np.ndarray:
     """Any decoded array -> a non-negative integer label map (uint8, uint16 or uint32), or an InputError.
@@ -36,7 +40,7 @@ def as_label_map(array: np.ndarray, field: str, colour: bool) -> np.ndarray:
     if array.size and array.min() < 0:
         raise InputError(f"{field}: the mask has negative values; use 0 for background and 1..K", field=field)
     top = int(array.max()) if array.size else 0
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if top <= np.iinfo(dtype).max:
-            return array.astype(dtype, copy=False)
-    raise InputError(f"{field}: label value {top} is too large", field=field)
+    if top > MAX_LABEL:
+        raise InputError(f"{field}: label value {top:,} is above {MAX_LABEL:,}, the largest a mask file (16-bit PNG "
+                         "or TIFF) holds; renumber the labels 1..K", field=field)
+    return array.astype(np.uint8 if top <= 255 else np.uint16, copy=False)

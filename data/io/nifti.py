@@ -44,6 +44,9 @@ def decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str)
         raise InputError(f"{field}: invalid NIfTI header ({reason(exc)})", field=field) from exc
     if dtype.fields is not None or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise InputError(f"{field}: NIfTI voxel type {dtype} is not supported; store real scalar voxels", field=field)
+    if not 0 <= offset < 2**31:  # vox_offset is a float32: 1e38 would overflow every read below
+        raise InputError(f"{field}: the NIfTI header's vox_offset ({offset:.3g}) is implausible; the file is damaged",
+                         field=field)
     shape = _volume_shape(shape, field)
     n_voxels = int(np.prod(shape, dtype=np.int64))
     if max_voxels is not None and n_voxels > max_voxels:
@@ -76,6 +79,10 @@ def decode_nifti(data: bytes, gzipped: bool, max_voxels: int | None, field: str)
         array = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise InputError(f"{field}: cannot read this NIfTI ({reason(exc)})", field=field) from exc
+    affine = img.affine
+    if affine is None or not np.isfinite(affine).all():  # NaN srow/qform: no mask could be written back
+        raise InputError(f"{field}: the NIfTI's affine (sform/qform) holds NaN or infinite values; fix the "
+                         "header's orientation", field=field)
     array = array.reshape(shape)
     if array.dtype.byteorder not in ("=", "|"):
         array = array.astype(array.dtype.newbyteorder("="))

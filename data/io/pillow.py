@@ -28,7 +28,7 @@ def decode_pillow(data: bytes, fmt: str, max_pixels: int | None, field: str, as_
             warnings.simplefilter("always")
             im = Image.open(io.BytesIO(data), formats=[PILLOW_FORMATS[fmt]])
         for w in caught:
-            log.debug("%s: Pillow warned while opening: %s", field, w.message)
+            log.debug("%s: Pillow warned while opening (%s)", field, w.category.__name__)
     except Image.DecompressionBombError as exc:
         raise InputError(f"{field}: the {name} declares too many pixels ({reason(exc)}); send a smaller image",
                          field=field, code="too_large") from exc
@@ -45,7 +45,11 @@ def decode_pillow(data: bytes, fmt: str, max_pixels: int | None, field: str, as_
                 f"{max_pixels:,}; downscale or crop it",
                 field=field, code="too_large",
             )
-        frames = getattr(im, "n_frames", 1)
+        try:  # counting TIFF pages walks the IFD chain: a damaged next-IFD pointer fails here
+            frames = getattr(im, "n_frames", 1)
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types for damaged IFDs
+            raise InputError(f"{field}: cannot read the pages of this {name} ({reason(exc)}); the file may be "
+                             "damaged", field=field) from exc
         if frames > 1:
             raise InputError(
                 f"{field}: the {name} holds {frames} frames/pages; send a single 2D image (or a NIfTI volume)",
@@ -63,7 +67,7 @@ def decode_pillow(data: bytes, fmt: str, max_pixels: int | None, field: str, as_
                 im.load()
                 array = _pillow_array(im, as_mask)
             for w in caught:
-                log.debug("%s: Pillow warned while decoding: %s", field, w.message)
+                log.debug("%s: Pillow warned while decoding (%s)", field, w.category.__name__)
         except InputError:
             raise
         except Exception as exc:  # truncated data, unsupported compression or bit depth

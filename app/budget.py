@@ -1,0 +1,102 @@
+"""A cost budget per request, priced from the files' headers before anything is decoded.
+
+Three figures, each against a synchronous (``/segment``, ``/prompts``) and a larger job budget:
+
+- **voxels**: a volume request's voxels, the query's *and* every support volume's (``ICSEG_SYNC_MAX_VOXELS``
+  for /segment; a job is held to ``ICSEG_MAX_VOXELS`` per file only);
+- **memory**: decoded bytes of every file, their float working copies, and one float probability map per
+  label at the query's size (``ICSEG_SYNC_MAX_MB`` / ``ICSEG_JOB_MAX_MB``);
+- **work**: query units (1 for a 2D query, its slices along ``axis`` for a volume) x labels x support size
+  (support slices for 3D support) x ensemble (``ICSEG_SYNC_MAX_WORK`` / ``ICSEG_JOB_MAX_WORK``).
+
+Labels are known only once the masks are read: the first check (before decoding) counts one label, the
+second (masks decoded, before the support set is prepared or the model runs) the real K. Above the sync
+budget a request is told to send less or to use /jobs (413 ``use_jobs``); above the job budget, what to
+reduce (413 ``too_large``, 422 ``too_much_work``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.errors import ApiError
+from app.settings import Settings
+from data.io.probe import Probe, probe
+
+MB = 1024 * 1024
+FLOAT_COPY = 4  # bytes per pixel of the float32 working copy (grey, normalised) of each decoded file
+VOLUME_COPY = 12  # volumes: float32 copy, float64 percentile scratch, resized slices
+PROBS_PER_LABEL = 8  # bytes per query pixel and label: the float32 probability map and its merge
+DEFAULT_SUPPORT_SLICES = 16  # what 3D support uses per query slice and label when support_slices is unset
+
+
+@dataclass
+class Cost:
+    """A request's price. ``labels`` is 1 until the masks are read."""
+
+    query: Probe | None
+    items: list[Probe | None]
+    query_units: int
+    support_size: int
+    ensemble: int
+    labels: int = 1
+
+    @property
+    def voxels(self) -> int:
+        return sum(p.pixels for p in [self.query, *self.items] if p is not None and p.is_volume)
+
+    @property
+    def memory_bytes(self) -> int:
+        total = 0
+        for p in [self.query, *self.items]:
+            if p is not None:
+                total += p.decoded_bytes + p.pixels * (VOLUME_COPY if p.is_volume else FLOAT_COPY)
+        if self.query is not None:
+            total += self.labels * self.query.pixels * PROBS_PER_LABEL
+        return total
+
+    @property
+    def work(self) -> int:
+        return self.query_units * self.labels * self.support_size * self.ensemble
+
+    def describe(self) -> str:
+        q = self.query
+        where = f"query {'x'.join(map(str, q.shape))}" if q is not None else "query"
+        return (f"{where}, {self.support_size} support, {self.labels} label(s), ensemble {self.ensemble}: "
+                f"about {self.memory_bytes / MB:,.0f} MB, work {self.work:,}")
+
+
+def estimate(query: bytes, images: list[bytes], masks: list[bytes], *, ensemble: int, axis: int,
+             support_slices: int | None, max_support: int, settings: Settings, is_job: bool) -> Cost:
+    """Price a request from its files' headers (nothing decoded; deflated DICOM inflated up to the budget)."""
+    limit = int((settings.job_max_mb if is_job else settings.sync_max_mb) * MB)
+    q = probe(query, "query", limit)
+    items = [probe(b, f"support_images[{i}]", limit) for i, b in enumerate(images)]
+    items += [probe(b, f"support_masks[{i}]", limit) for i, b in enumerate(masks)]
+    units = q.shape[axis] if q is not None and q.is_volume and axis < 3 else 1
+    three_d = any(p is not None and p.is_volume and 1 not in p.shape for p in items)
+    size = min(support_slices or DEFAULT_SUPPORT_SLICES, max_support) if three_d else max(len(images), 1)
+    return Cost(q, items, units, size, ensemble)
+
+
+def check(cost: Cost, settings: Settings, *, is_job: bool, prompt: bool = False) -> None:
+    """Raise the 413/422 that says what to reduce, or to use /jobs, when ``cost`` is over its budget."""
+    later = "" if is_job or prompt else "; or POST it to /jobs, whose budget is larger"
+    if not is_job and cost.voxels > settings.sync_max_voxels:
+        raise ApiError(f"the volumes of this request hold {cost.voxels:,} voxels (query and support together), more "
+                       f"than /segment answers synchronously ({settings.sync_max_voxels:,}, ICSEG_SYNC_MAX_VOXELS); "
+                       "POST it to /jobs", field="query", code="use_jobs")
+    budget_mb = settings.job_max_mb if is_job else settings.sync_max_mb
+    if cost.memory_bytes > budget_mb * MB:
+        setting = "ICSEG_JOB_MAX_MB" if is_job else "ICSEG_SYNC_MAX_MB"
+        raise ApiError(f"this request would take {cost.describe()}, above the memory budget of {budget_mb:,.0f} MB "
+                       f"({setting}); send a smaller query, fewer labels, or fewer or smaller support items{later}",
+                       field="query", code="too_large")
+    budget = settings.job_max_work if is_job else settings.sync_max_work
+    if cost.work > budget:
+        setting = "ICSEG_JOB_MAX_WORK" if is_job else "ICSEG_SYNC_MAX_WORK"
+        fits_job = cost.work <= settings.job_max_work and not prompt
+        raise ApiError(f"this request is {cost.describe()}, above the model-work budget of {budget:,} ({setting}; "
+                       "query slices x labels x support size x ensemble); reduce the ensemble, the support size, "
+                       f"the labels or the slices{later}", field="ensemble" if cost.ensemble > 1 else "support_images",
+                       code="use_jobs" if fits_job and not is_job else "too_much_work")
