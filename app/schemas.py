@@ -159,4 +159,4 @@ def error_responses(*codes: int) -> dict:
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 MASK_CONTENT = {"image/png": BINARY, "application/gzip": BINARY, "application/octet-stream": BINARY,
-                "application/dicom": BINARY}
+                "application/dicom": BINARY, "application/x-nrrd": BINARY}

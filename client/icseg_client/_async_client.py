@@ -17,7 +17,7 @@ from ._base import (
     log,
     object_id,
     poll_delay,
-    volume_fields,
+    request_fields,
 )
 from ._errors import APITimeoutError, IcsegError
 from ._inputs import ImageInput, decode_probs
@@ -91,12 +91,14 @@ class AsyncClient(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        label_names: dict[int, str] | None = None,
+        output: str | None = None,
         probs: bool = False,
     ) -> SegmentResult:
         """See ``Client.segment``."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/segment", query, support_images, support_masks, prompt_id, prompt, threshold,
-            ensemble, axis, probs, volume_fields(support_slices, skip_margin, cascade)))
+            ensemble, axis, probs, request_fields(support_slices, skip_margin, cascade, label_names, output)))
         start = self._timer()
         response = await self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -115,11 +117,13 @@ class AsyncClient(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        label_names: dict[int, str] | None = None,
+        output: str | None = None,
     ) -> Job:
         """See ``Client.create_job``."""
         spec, _ = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
-            axis, volume=volume_fields(support_slices, skip_margin, cascade)))
+            axis, volume=request_fields(support_slices, skip_margin, cascade, label_names, output)))
         return Job.from_json((await self._request(spec)).json())
 
     async def get_job(self, job: Job | str) -> Job:
@@ -148,6 +152,8 @@ class AsyncClient(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        label_names: dict[int, str] | None = None,
+        output: str | None = None,
         probs: bool = False,
         progress: bool | Any = True,
         poll_interval: float = 1.0,
@@ -156,7 +162,7 @@ class AsyncClient(BaseClient):
         """See ``Client.segment_volume``; cancelling the awaiting task cancels the job."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
-            axis, probs, volume_fields(support_slices, skip_margin, cascade)))
+            axis, probs, request_fields(support_slices, skip_margin, cascade, label_names, output)))
         start = self._timer()
         job = Job.from_json((await self._request(spec)).json())
         reporter = ProgressReporter(progress, job.total)

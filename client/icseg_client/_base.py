@@ -179,7 +179,12 @@ class BaseClient:
             raise InvalidInputError("prompt_id= and prompt= are the same argument; give one", "prompt_id")
         name = "prompt" if prompt is not None else "prompt_id"
         prompt = prompt if prompt is not None else prompt_id
-        query_upload = to_upload(query, "query")
+        # several files (a list or tuple) are one DICOM series, sent as repeated query parts
+        queries = to_uploads(list(query), "query") if isinstance(query, list | tuple) else [to_upload(query, "query")]
+        if not queries:
+            raise InvalidInputError("query is an empty list; give an image, a volume or the files of a DICOM series",
+                                    "query")
+        query_upload = queries[0]
         images = to_uploads(support_images, "support_images")
         masks = to_uploads(support_masks, "support_masks", mask=True)
         if prompt is not None and (images or masks):
@@ -191,7 +196,7 @@ class BaseClient:
             if len(images) != len(masks):
                 raise InvalidInputError(f"{len(images)} support images but {len(masks)} support masks; pair them "
                                         "one to one", "support_masks")
-        files = [query_upload.multipart("query")]
+        files = [u.multipart("query") for u in queries]
         files += [u.multipart("support_images") for u in images]
         files += [u.multipart("support_masks") for u in masks]
         data = {"threshold": repr(float(threshold)), "ensemble": str(int(ensemble))}
@@ -244,6 +249,8 @@ class BaseClient:
             probs=probs,
             query=query,
             volume=body.get("volume"),
+            labels_present=[int(v) for v in body.get("labels_present", [])],
+            segments=list(body.get("segments") or []),
         )
 
     @staticmethod
@@ -263,18 +270,41 @@ class BaseClient:
             labels=[], shape=(), timings=timings, label_names=dict(label_names or {}), query=query,
             volume=job.volume,
         )
-        result.shape = tuple(result.mask.shape)
+        if job.segments:  # a server that says which labels the mask holds, with names and colours
+            result.segments = list(job.segments)
+            result.labels_present = [int(v) for v in job.labels_present or []]
+            result.label_names = {int(k): v for k, v in (job.label_names or {}).items()}
+        result.shape = tuple(result.mask.shape) if result.format in ("png", "tiff", "nifti") else ()
         if header:
             result.labels = [int(v) for v in header.split(",") if v]
         elif labels is not None:
             result.labels = [int(v) for v in labels]
-        else:  # a server that does not say which labels were segmented: those present in the mask
+        elif result.format in ("png", "tiff", "nifti"):  # a server that does not say: those the mask holds
             result.labels = [int(v) for v in np.unique(result.mask) if v != 0]
         return result
 
     @staticmethod
     def _timer() -> float:
         return time.perf_counter()
+
+
+def request_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None,
+                   label_names: dict[int, str] | None, output: str | None) -> dict[str, str]:
+    """Every optional form field of /segment and /jobs (``volume_fields`` and ``clinical_fields``)."""
+    return {**volume_fields(support_slices, skip_margin, cascade), **clinical_fields(label_names, output)}
+
+
+def clinical_fields(label_names: dict[int, str] | None, output: str | None) -> dict[str, str]:
+    """``label_names`` (label value -> name, for inline support sets) and ``output`` ("dicom-seg": a DICOM SEG
+    of a DICOM query) as form fields."""
+    data: dict[str, str] = {}
+    if label_names:
+        data["label_names"] = json.dumps({str(int(k)): str(v) for k, v in label_names.items()})
+    if output is not None:
+        if output not in ("file", "dicom-seg"):
+            raise InvalidInputError(f"output must be 'file' or 'dicom-seg', got {output!r}", "output")
+        data["output"] = output
+    return data
 
 
 def volume_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None) -> dict[str, str]:

@@ -16,7 +16,7 @@ from ._base import (
     log,
     object_id,
     poll_delay,
-    volume_fields,
+    request_fields,
 )
 from ._errors import APITimeoutError, IcsegError
 from ._inputs import ImageInput, decode_probs
@@ -100,6 +100,8 @@ class Client(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        label_names: dict[int, str] | None = None,
+        output: str | None = None,
         probs: bool = False,
     ) -> SegmentResult:
         """Segment one query with a support set or a stored prompt, synchronously.
@@ -121,6 +123,10 @@ class Client(BaseClient):
                 0.1; 1 never skips). ``result.volume["skipped"]`` lists them.
             cascade: volumes with 3D support: confident predictions of neighbouring slices join the support of
                 the next ones, outward from the labelled range (service default False).
+            label_names: label value -> name for an inline support set (a stored prompt has its own); the
+                names come back in ``result.label_names``, ``result.segments``, a DICOM SEG and a .seg.nrrd.
+            output: "dicom-seg" for a DICOM query (a file, a list of a series' files, a zip, a multi-frame):
+                a DICOM Segmentation referencing the query's instances; save it with ``result.save("x.dcm")``.
             probs: also return per-label probabilities: (K, H, W) for 2D queries, (K, H, W, D) for volumes.
 
         Returns:
@@ -135,7 +141,8 @@ class Client(BaseClient):
         """
         spec, query_upload = self._segment_spec("/segment", query, support_images, support_masks, prompt_id, prompt,
                                                 threshold, ensemble, axis, probs,
-                                                volume_fields(support_slices, skip_margin, cascade))
+                                                request_fields(support_slices, skip_margin, cascade, label_names,
+                                                               output))
         start = self._timer()
         response = self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -154,10 +161,13 @@ class Client(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        label_names: dict[int, str] | None = None,
+        output: str | None = None,
     ) -> Job:
         """Submit a background segmentation (same arguments as ``segment``); poll it with ``get_job``."""
         spec, _ = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt, threshold,
-                                     ensemble, axis, volume=volume_fields(support_slices, skip_margin, cascade))
+                                     ensemble, axis,
+                                     volume=request_fields(support_slices, skip_margin, cascade, label_names, output))
         return Job.from_json(self._request(spec).json())
 
     def get_job(self, job: Job | str) -> Job:
@@ -189,6 +199,8 @@ class Client(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        label_names: dict[int, str] | None = None,
+        output: str | None = None,
         probs: bool = False,
         progress: bool | Any = True,
         poll_interval: float = 1.0,
@@ -215,7 +227,8 @@ class Client(BaseClient):
         """
         spec, query_upload = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt,
                                                 threshold, ensemble, axis, probs,
-                                                volume_fields(support_slices, skip_margin, cascade))
+                                                request_fields(support_slices, skip_margin, cascade, label_names,
+                                                               output))
         start = self._timer()
         job = Job.from_json(self._request(spec).json())
         reporter = ProgressReporter(progress, job.total)

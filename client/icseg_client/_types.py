@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +17,8 @@ from PIL import Image
 from ._inputs import Upload, decode_2d, decode_nifti, decode_upload
 from ._overlay import overlay as draw_overlay
 
-_EXTENSION = {"image/png": ".png", "image/tiff": ".tif", "application/gzip": ".nii.gz"}
+_EXTENSION = {"image/png": ".png", "image/tiff": ".tif", "application/gzip": ".nii.gz", "application/dicom": ".dcm",
+              "application/x-nrrd": ".seg.nrrd"}
 _LOSSLESS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
 
@@ -27,9 +29,12 @@ class SegmentResult:
     Attributes:
         data: the mask file as served: PNG (TIFF for TIFF queries) for 2D queries, gzipped NIfTI with the
             query's affine and header for volumes.
-        media_type: ``image/png``, ``image/tiff`` or ``application/gzip`` (NIfTI).
+        media_type: ``image/png``, ``image/tiff``, ``application/gzip`` (NIfTI), ``application/dicom`` (a DICOM
+            SEG, ``output="dicom-seg"``) or ``application/x-nrrd`` (a ``.seg.nrrd`` for NRRD queries).
         labels: the label values segmented (every label of the support set), ascending.
-        label_names: label value -> name, from a stored prompt.
+        label_names: label value -> name: ``label_names=`` or the stored prompt's ("label <v>" unnamed).
+        labels_present: the label values the mask holds.
+        segments: every support label as ``{"label", "name", "colour": "#rrggbb"}``.
         shape: the mask's shape: (H, W) or (H, W, D), the query's.
         timings: milliseconds: the service's ``decode``, ``model``, ``encode`` (jobs: ``queued``, ``run``)
             and the client's ``round_trip``.
@@ -50,10 +55,23 @@ class SegmentResult:
     probs: np.ndarray | None = None
     query: Upload | None = None
     volume: dict | None = None
+    labels_present: list[int] = field(default_factory=list)
+    segments: list[dict] = field(default_factory=list)
+
+    @property
+    def format(self) -> str:
+        """"png", "tiff", "nifti", "dicom-seg" or "nrrd": the kind of file ``data`` is."""
+        if self.media_type == "application/dicom" or self.data[128:132] == b"DICM":
+            return "dicom-seg"
+        if self.media_type == "application/x-nrrd" or self.data[:4] == b"NRRD":
+            return "nrrd"
+        if self.media_type == "application/gzip" or self.data[:2] == b"\x1f\x8b":
+            return "nifti"
+        return "tiff" if self.media_type == "image/tiff" else "png"
 
     @property
     def is_volume(self) -> bool:
-        return self.media_type == "application/gzip" or self.data[:2] == b"\x1f\x8b"
+        return self.format == "nifti"
 
     @property
     def extension(self) -> str:
@@ -69,7 +87,18 @@ class SegmentResult:
 
     @cached_property
     def mask(self) -> np.ndarray:
-        """The label map: (H, W) or (H, W, D) uint8 (uint16 above 255 labels), 0 background."""
+        """The label map: (H, W) or (H, W, D) uint8 (uint16 above 255 labels), 0 background. A DICOM SEG is
+        read with highdicom (``highdicom.seg.segread(io.BytesIO(result.data))``); a .seg.nrrd needs pynrrd."""
+        if self.format == "dicom-seg":
+            raise ValueError("the result is a DICOM SEG: read it with highdicom (highdicom.seg.segread), or save it "
+                             "as .dcm")
+        if self.format == "nrrd":
+            try:
+                import nrrd
+            except ImportError:
+                raise ValueError("a .seg.nrrd result needs pynrrd to decode: pip install pynrrd") from None
+            stream = io.BytesIO(self.data)
+            return np.asarray(nrrd.read_data(nrrd.read_header(stream), stream, index_order="F"))
         if self.is_volume:
             return np.asarray(self.nifti.dataobj)
         return decode_2d(self.data, mask=True)
@@ -83,8 +112,9 @@ class SegmentResult:
         """Write the mask file.
 
         Args:
-            path: the file to write. Without an extension the served one is added (.png, .tif, .nii.gz).
-                2D masks may be saved as .png, .tif or .bmp (lossless); volumes as .nii.gz or .nii.
+            path: the file to write. Without an extension the served one is added (.png, .tif, .nii.gz, .dcm
+                for a DICOM SEG, .seg.nrrd). 2D masks may be saved as .png, .tif or .bmp (lossless); volumes as
+                .nii.gz or .nii, with a JSON sidecar of the label names and colours beside them (mask.json).
 
         Returns:
             The path written.
@@ -94,6 +124,10 @@ class SegmentResult:
         name = path.name.lower()
         if not path.suffix:
             path = path.with_name(path.name + served)
+            payload = self.data
+        elif self.format in ("dicom-seg", "nrrd"):
+            if not name.endswith(served):
+                raise ValueError(f"this result is a {self.format} file: save it as {served}, not {path.name}")
             payload = self.data
         elif self.is_volume:
             if name.endswith(".nii.gz"):
@@ -112,6 +146,10 @@ class SegmentResult:
             raise ValueError(f"masks are saved losslessly: use .png, .tif or .bmp, not {path.name}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(payload)
+        if self.is_volume and self.segments:  # NIfTI holds no names: a JSON sidecar beside it (mask.json)
+            stem = path.name[: -len(".nii.gz")] if name.endswith(".nii.gz") else path.stem
+            sidecar = {"labels": self.segments, "labels_present": self.labels_present}
+            path.with_name(stem + ".json").write_text(json.dumps(sidecar, indent=1))
         return path
 
     def overlay(self, *, slice_index: int | None = None, axis: int = 2, thickness: int | None = None,
@@ -200,6 +238,9 @@ class Job:
     labels: list[int] | None = None
     volume: dict | None = None  # once done: slices, skipped, tasks, support_slices, skip_margin, cascade
     probs: str | None = None  # once done with probs=True: the path of the probabilities NIfTI
+    labels_present: list[int] | None = None  # once done: the label values the mask holds
+    label_names: dict | None = None  # once done: every support label's name ("label <v>" if unnamed)
+    segments: list[dict] | None = None  # once done: every support label, {"label", "name", "colour"}
 
     @property
     def finished(self) -> bool:
@@ -212,4 +253,5 @@ class Job:
                    total=int(progress.get("total", 0)), created_at=float(body.get("created_at") or 0.0),
                    started_at=body.get("started_at"), finished_at=body.get("finished_at"), error=body.get("error"),
                    labels=None if body.get("labels") is None else [int(v) for v in body["labels"]],
-                   volume=body.get("volume"), probs=body.get("probs"))
+                   volume=body.get("volume"), probs=body.get("probs"), labels_present=body.get("labels_present"),
+                   label_names=body.get("label_names"), segments=body.get("segments"))

@@ -60,7 +60,7 @@ def encode_mask(mask: np.ndarray, like: ImageData, names: dict[str, str] | None 
     if like.kind == "volume" and like.format == "nrrd":
         segments = segments_for(labels_present(mask), names)
         payload = seg_nrrd_bytes(mask, like.affine, like.meta.get("space"), segments)
-        return payload, "application/octet-stream", ".seg.nrrd"
+        return payload, "application/x-nrrd", ".seg.nrrd"
     if like.kind == "volume":
         return nifti_mask_bytes(mask, like.as_nifti()), "application/gzip", ".nii.gz"
     if like.format == "tiff":
