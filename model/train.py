@@ -10,6 +10,8 @@ import io
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -152,6 +154,10 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def _atomic_save(obj: dict, path: Path) -> None:
     """``torch.save`` through the tree's one atomic writer."""
     buffer = io.BytesIO()
@@ -289,6 +295,8 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True)
         logf = open(self.run_dir / "log.jsonl", "a")
         self.net.train()
+        stop = []  # SIGTERM (a machine going away, `kill`) ends the run after this step, with a checkpoint
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.append(True)) if _main_thread() else None
         try:
             for step, batch in loader:
                 assert step == self.step, f"data stream at step {step}, trainer at {self.step}"
@@ -319,7 +327,12 @@ class Trainer:
                 if cfg.max_minutes is not None and now - started > cfg.max_minutes * 60:
                     log.info("stopping at step %d: --max-minutes reached", self.step)
                     break
+                if stop:
+                    log.info("stopping at step %d: SIGTERM", self.step)
+                    break
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             bar.close()
             logf.close()
             self.save()

@@ -150,3 +150,18 @@ def test_gpu_burst_command_runs_on_cpu_with_a_tiny_budget(tmp_path):
     assert state["step"] > 2 and "ema" in state
     assert (out / "run" / "model.safetensors").exists()
     assert (run_dir / "last.pt").read_bytes() == before
+
+
+def test_sigterm_stops_after_a_step_with_a_checkpoint(tmp_path):
+    """A run told to stop (SIGTERM) saves a resumable state at the step it reached."""
+    import signal
+    import threading
+
+    trainer = Trainer(_cfg(tmp_path / "r", 10**6), tasks=_tasks())
+    timer = threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    trainer.run()
+    timer.cancel()
+    state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
+    assert 0 < state["step"] == trainer.step < 10**6
+    assert Trainer(_cfg(tmp_path / "r", 10**6), tasks=_tasks()).step == trainer.step
