@@ -40,6 +40,19 @@ class Cost:
     support_size: int
     ensemble: int
     labels: int = 1
+    axis: int = 2
+
+    def largest_slice(self) -> tuple[str, int]:
+        """(field, pixels) of the largest 2D plane the model will see: a volume's slice along ``axis`` (the
+        query) or its H x W (support items; a one-slice NIfTI is a 2D image)."""
+        best = ("query", 0)
+        for i, p in enumerate([self.query, *self.items]):
+            if p is None or not p.is_volume:
+                continue
+            dims = [d for a, d in enumerate(p.shape) if a != (self.axis if i == 0 else 2)]
+            if dims[0] * dims[1] > best[1]:
+                best = ("query" if i == 0 else "support_images", dims[0] * dims[1])
+        return best
 
     @property
     def voxels(self) -> int:
@@ -76,12 +89,16 @@ def estimate(query: bytes, images: list[bytes], masks: list[bytes], *, ensemble:
     units = q.shape[axis] if q is not None and q.is_volume and axis < 3 else 1
     three_d = any(p is not None and p.is_volume and 1 not in p.shape for p in items)
     size = min(support_slices or DEFAULT_SUPPORT_SLICES, max_support) if three_d else max(len(images), 1)
-    return Cost(q, items, units, size, ensemble)
+    return Cost(q, items, units, size, ensemble, axis=axis)
 
 
 def check(cost: Cost, settings: Settings, *, is_job: bool, prompt: bool = False) -> None:
     """Raise the 413/422 that says what to reduce, or to use /jobs, when ``cost`` is over its budget."""
     later = "" if is_job or prompt else "; or POST it to /jobs, whose budget is larger"
+    field, plane = cost.largest_slice()
+    if plane > settings.max_pixels:  # a one-slice NIfTI of 7000 x 7000 is a 2D image of 49 Mpx
+        raise ApiError(f"{field} has slices of {plane:,} pixels, above the limit of {settings.max_pixels:,} "
+                       "(ICSEG_MAX_PIXELS); downscale or crop it", field=field, code="too_large")
     if not is_job and cost.voxels > settings.sync_max_voxels:
         raise ApiError(f"the volumes of this request hold {cost.voxels:,} voxels (query and support together), more "
                        f"than /segment answers synchronously ({settings.sync_max_voxels:,}, ICSEG_SYNC_MAX_VOXELS); "

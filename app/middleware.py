@@ -184,9 +184,11 @@ class RequestContext:
         try:
             rejection = self._reject(scope, headers)
             if rejection is not None:
-                if rejection.status_code == 429:  # read the upload away, so that the client reads the answer
-                    await _drain(receive, limit)
+                # answered before a byte of the body is read (a fast 429, 401, 503); what the client still sends
+                # is read away afterwards (the server drops it once the answer is complete)
                 await rejection(scope, receive, send_with_id)
+                if rejection.status_code == 429:
+                    await _drain(receive, limit)
             else:
                 await self._run(scope, receive_with_limit, send_with_id)
         finally:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PROMPT_ID = re.compile(r"^[0-9a-f]{32}$")
 STORE_RETRY_AFTER_S = 5  # what a 503 asks clients to wait while Redis is away (redis-py reconnects by itself)
+REDIS_TIMEOUT_S = 2.0  # the longest one Redis operation may take
 ORPHAN_AGE_S = 3600  # a temporary or orphan file this old is the leftover of a crash, not a write in progress
 
 
@@ -224,7 +225,13 @@ class RedisPromptStore(PromptStore):
 
         super().__init__(max_bytes)
         self._redis_error = redis.RedisError
-        self.r = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # every operation ends within REDIS_TIMEOUT_S: a paused Redis is a fast 503, inside the compose health
+        # check's 5 s (redis-py would otherwise retry 3 times with backoff); the next call reconnects by itself
+        self.r = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
+                                      retry=Retry(NoBackoff(), 0))
         self.prefix = prefix
 
     def _meta(self, prompt_id: str) -> str:

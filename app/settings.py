@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             parts = [part.strip(ASCII_SPACE) for part in value.split(",")]
             keys = [part for part in parts if part]
-            if value.strip(ASCII_SPACE) and not keys:  # " , " would silently turn authentication off
+            if value and not keys:  # " , " would turn authentication off silently; only "" means unset
                 raise ValueError("ICSEG_API_KEYS holds no key; unset it or give tenant:key pairs")
             return keys
         return value

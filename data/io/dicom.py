@@ -59,7 +59,7 @@ def decode_dicom(data: bytes, max_pixels: int | None, field: str, max_voxels: in
             f"{getattr(syntax, 'name', syntax)}. Send an uncompressed DICOM (e.g. `gdcmconv --raw`)",
             field=field,
         ) from exc
-    meta = geometry_meta(ds)
+    meta = geometry_meta(ds, field)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None:
         meta["TransferSyntaxUID"] = str(syntax)
@@ -74,15 +74,22 @@ def decode_dicom(data: bytes, max_pixels: int | None, field: str, max_voxels: in
                      meta=meta)
 
 
-def geometry_meta(ds) -> dict:
-    """The ``_DICOM_META`` attributes that parse; one holding text where a number belongs is left out (and
-    its value, which may name someone, is never kept)."""
+def geometry_meta(ds, field: str = "query") -> dict:
+    """The ``_DICOM_META`` attributes of a dataset.
+
+    Raises:
+        InputError: an attribute holding text where numbers belong (PixelSpacing ``abc\\defg``); the message
+            names the attribute, never its value (which may name someone).
+    """
     meta = {}
     for key in _DICOM_META:
         try:
             value = _plain(getattr(ds, key)) if key in ds else None
         except (ValueError, TypeError, OverflowError):
             value = None
+        if value is None and key in ds:
+            raise InputError(f"{field}: the DICOM's {key} is not a valid number; fix or remove that attribute",
+                             field=field)
         if value is not None:
             meta[key] = value
     return meta
