@@ -5,9 +5,12 @@
 #   docker build -t icseg:gpu --build-arg TORCH_INDEX_URL=https://pypi.org/simple .  # CUDA torch from PyPI
 #   docker run --rm -p 8000:8000 icseg:cpu                    # viewer at http://localhost:8000/
 #
+# Without a registry or the PyTorch index (scripts/container-check.sh builds it so, with podman):
+#   podman build --format docker --build-arg PYTHON_IMAGE=localhost/icseg-python:3.11-bookworm \
+#       --build-arg PACKAGES_FROM=wheels -t icseg:cpu .   # base made here; packages from deploy/wheels/
+#
 # Settings are ICSEG_* environment variables (`docker run --rm icseg:cpu serve --help` lists them).
-# Size (estimated from the installed size of the same packages, not measured: no Docker engine where this
-# was written): CPU about 1.4 GB, CUDA about 6-7 GB; see README "Deploy".
+# Size, measured (podman, CPU build, see README "Deploy"): about 1.3 GB; CUDA (not built here) about 6-7 GB.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -16,22 +19,38 @@ FROM ${PYTHON_IMAGE} AS build
 # where torch comes from: the CPU-only wheel index by default; https://pypi.org/simple gives PyPI's
 # Linux wheel, which bundles CUDA; https://download.pytorch.org/whl/cu126 and friends pick a CUDA version
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# PACKAGES_FROM=wheels: torch and every other Python package from deploy/wheels/ in the build context,
+# no index reached (scripts/container-check.sh fills it with `pip download`); index: torch from
+# TORCH_INDEX_URL, the rest from PyPI. The folder is mounted for the pip steps only, so it is in no layer.
+ARG PACKAGES_FROM=index
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # torch alone first: the largest layer, rebuilt only when the pin or the index changes (pin = pyproject's)
-RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.13.0
+RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
+    if [ "${PACKAGES_FROM}" = wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; \
+    else export PIP_INDEX_URL="${TORCH_INDEX_URL}"; fi \
+    && pip install torch==2.13.0
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# then pyproject's other dependencies, so that a change to the code does not download them again
+COPY pyproject.toml ./
+RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
+    if [ "${PACKAGES_FROM}" = wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
+    && python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+COPY README.md ./
 COPY model/ model/
 COPY data/ data/
 COPY app/ app/
 COPY cli/ cli/
 # not editable: the packages, the viewer (app/static) and the default weights (model/weights) are copied
-# into site-packages; torch==2.13.0 is already satisfied, so the rest comes from PyPI
-RUN pip install . \
+# into site-packages; every dependency is already satisfied (wheels: setuptools to build it comes from there)
+RUN --mount=type=bind,source=deploy/wheels,target=/wheels \
+    if [ "${PACKAGES_FROM}" = wheels ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
+    && pip install . \
     && python -c "import cli.main, app.main, model, data"
 
 # -- runtime: the venv on a clean slim image, as a non-root user ---------------------------------------

@@ -132,3 +132,29 @@ def test_env_example_names_only_real_settings():
     unknown = names - settings - compose_names
     assert not unknown, f"neither a setting nor used by docker-compose.yml: {unknown}"
     assert {"ICSEG_API_KEYS", "ICSEG_MAX_UPLOAD_MB", "ICSEG_TORCH_THREADS"} <= names
+
+
+def test_check_override_changes_only_what_a_machine_without_registry_needs():
+    """docker-compose.check.yml (scripts/container-check.sh) on top of the shipped file: the merged file is
+    still valid, and it differs only in the stand-in images, two replicas and the proxy's start order."""
+    shipped = load_compose(ENV_EXAMPLE)
+    override = yaml.safe_load((ROOT / "docker-compose.check.yml").read_text())
+    assert set(override) == {"services"} and set(override["services"]) == {"api", "redis", "proxy"}
+    assert override["services"]["api"] == {"deploy": {"replicas": 2}}
+    assert set(override["services"]["redis"]) == {"image"}
+    assert set(override["services"]["proxy"]) == {"image", "environment", "depends_on"}
+    assert override["services"]["proxy"]["environment"] == {"ICSEG_UPSTREAM_HOST": "api"}
+    for name in ("redis", "proxy"):
+        stand_in = override["services"][name]["image"]
+        assert stand_in.startswith("localhost/") and stand_in != shipped["services"][name]["image"]
+    merged = copy.deepcopy(shipped)
+    for name, service in override["services"].items():
+        merged["services"][name].update(service)
+    assert schema_errors(merged) == []
+    # the stand-in proxy rewrites exactly one thing of the shipped upstream file: " resolve" on its servers
+    entrypoint = (DEPLOY / "podman" / "nginx-entrypoint.sh").read_text()
+    assert "sed -e 's/ resolve;$/;/'" in entrypoint
+    upstream = (DEPLOY / "nginx" / "upstream.conf").read_text()
+    rewritten = re.sub(r" resolve;$", ";", upstream, flags=re.M)
+    assert [a for a, b in zip(upstream.splitlines(), rewritten.splitlines()) if a != b] == [
+        "    server icseg-api:8000 resolve;"] * 2

@@ -27,8 +27,10 @@ def hadolint() -> str:
 
 def test_hadolint_passes(tmp_path):
     exe = hadolint()
-    result = subprocess.run([exe, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
+    # the image, and the local bases and stand-ins of scripts/container-check.sh
+    for path in [ROOT / "Dockerfile", *sorted((ROOT / "deploy" / "podman").glob("*.Containerfile"))]:
+        result = subprocess.run([exe, "--no-color", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{path.name}: {result.stdout}{result.stderr}"
     # and it does find faults: an unpinned apt install as root in a one-stage image
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM debian\nRUN apt-get update && apt-get install -y curl\n")
@@ -110,9 +112,12 @@ def test_build_context_installs_the_viewer_and_the_weights(tmp_path):
         assert any(f == source or f.startswith(source + "/") for f in context), f"{source} is not in the context"
     assert not [f for f in context if f.startswith(("runs/", "tests/", ".venv/", "artifacts/", "client/"))]
     assert not [f for f in context if "__pycache__" in f]
+    # the pip steps mount deploy/wheels (PACKAGES_FROM=wheels), so the folder must be sent, even without wheels
+    mounts = re.findall(r"--mount=type=bind,source=(\S+?),", " ".join(dockerfile_stages()[0].args("RUN")))
+    assert set(mounts) == {"deploy/wheels"} and "deploy/wheels/README.md" in context
 
     src = tmp_path / "context"
-    for rel in context:
+    for rel in (f for f in context if not f.endswith(".whl")):  # a torch wheel there adds nothing to the package
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, src / rel)
     # the Dockerfile's `pip install .`, minus the install: the wheel it builds from the same context
@@ -136,8 +141,10 @@ def test_build_context_installs_the_viewer_and_the_weights(tmp_path):
 def test_dockerignore_matcher_follows_docker_rules():
     """The matcher above decides what the previous test copies; check it on known cases."""
     rules = _dockerignore_rules()
-    kept = ["pyproject.toml", "app/main.py", "app/static/example/query.png", "model/weights/x.safetensors"]
+    kept = ["pyproject.toml", "app/main.py", "app/static/example/query.png", "model/weights/x.safetensors",
+            "deploy/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"]
     dropped = ["Dockerfile", ".env", "runs/default/last.pt", "tests/conftest.py", "app/__pycache__/main.pyc",
-               "model/sub/__pycache__/x.pyc", "client/icseg_client/__init__.py", "appendix/app.py"]
+               "model/sub/__pycache__/x.pyc", "client/icseg_client/__init__.py", "appendix/app.py",
+               "deploy/nginx/upstream.conf"]
     assert [f for f in kept if _excluded(f, rules)] == []
     assert [f for f in dropped if not _excluded(f, rules)] == []
