@@ -28,6 +28,7 @@ PUBLIC = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/"),  # the browser viewer's page and files (app/routes/viewer.py): no data in them
     ("GET", "/static/{path:path}"),
+    ("GET", "/docs/assets/{path:path}"),  # Swagger UI's pinned files (app/routes/docs.py): no data in them
 }
 KEY = "reliability-secret-key-0123456789"
 
