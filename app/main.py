@@ -17,7 +17,7 @@ from app.middleware import RequestContext
 from app.model_service import ModelService
 from app.prompt_store import make_store
 from app.prompts import Prompts
-from app.routes import docs, health, info, jobs, prompts, segment, viewer
+from app.routes import docs, health, info, jobs, preview, prompts, segment, viewer
 from app.routes import metrics as metrics_route
 from app.settings import Settings
 from app.stopping import Stopping
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.model, app.state.model_error = None, "the server is starting"
     app.state.stopping = Stopping(settings.shutdown_grace_s)
     install_error_handlers(app)
-    for module in (health, info, metrics_route, segment, prompts, jobs, viewer):
+    for module in (health, info, metrics_route, segment, prompts, jobs, preview, viewer):
         app.include_router(module.router)
     if settings.docs:
         app.include_router(docs.router)

@@ -19,7 +19,7 @@ router = APIRouter(tags=["segment"], dependencies=AUTH)
 
 
 def wants_json(output: str | None, accept: str) -> bool:
-    if output is not None and output not in ("file", "dicom-seg"):  # a file format: JSON still by Accept
+    if output is not None and output != "dicom-seg":  # a DICOM SEG comes as JSON too on Accept: application/json
         return output in ("json", "probs")
     return "application/json" in accept.lower()
 

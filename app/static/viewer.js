@@ -8,7 +8,8 @@
   // per-label colours: Okabe-Ito (colour-blind safe) for labels 1-7, then hues spaced by the golden angle
   const PALETTE = [null, [230, 159, 0], [86, 180, 233], [0, 158, 115], [240, 228, 66], [0, 114, 178],
     [213, 94, 0], [204, 121, 167]];
-  const MASK_EXTENSIONS = { "image/png": ".png", "image/tiff": ".tif", "application/gzip": ".nii.gz" };
+  const MASK_EXTENSIONS = { "image/png": ".png", "image/tiff": ".tif", "application/gzip": ".nii.gz",
+    "application/dicom": ".dcm", "application/x-nrrd": ".seg.nrrd" };
   const KEY_STORAGE = "icseg.apiKey";
 
   const state = {
@@ -214,6 +215,7 @@
       const names = document.createElement("span");
       names.className = "names";
       names.textContent = `${index + 1}. ${pair.image ? pair.image.name : "(no image)"} + ${pair.mask ? pair.mask.name : "(no mask)"}`;
+      names.title = names.textContent;  // long file names are cut with an ellipsis; the full one on hover
       const remove = document.createElement("button");
       remove.type = "button";
       remove.textContent = "×";
@@ -225,6 +227,16 @@
       item.append(thumb, maskThumb, names, remove);
       list.append(item);
     });
+  }
+
+  function labelNames() {
+    // "1: liver, 2: spleen" typed by the user, over the example's names
+    const typed = {};
+    for (const part of $("label-names").value.split(",")) {
+      const match = part.match(/^\s*(\d+)\s*[:=]\s*(.+?)\s*$/);
+      if (match) typed[String(Number(match[1]))] = match[2];
+    }
+    return { ...state.labelNames, ...typed };
   }
 
   function completePairs() {
@@ -248,7 +260,7 @@
       }
       const name = $("prompt-name").value.trim();
       if (name) form.append("name", name);
-      if (Object.keys(state.labelNames).length) form.append("label_names", JSON.stringify(state.labelNames));
+      if (Object.keys(labelNames()).length) form.append("label_names", JSON.stringify(labelNames()));
       say("Storing the prompt…", "busy");
       const prompt = await (await api("prompts", { method: "POST", body: form })).json();
       setSource("prompt");
@@ -267,14 +279,27 @@
     if (file) showQuery(file).catch(() => {});
   }
 
+  async function serverPreview(file) {
+    // DICOM, NRRD, NIfTI, a zipped series, 16-bit TIFF: the browser cannot draw them; the server decodes
+    // them with the same readers as /segment and answers an 8-bit PNG (a volume: its middle slice)
+    const form = new FormData();
+    form.append("query", file, file.name);
+    const response = await api("preview", { method: "POST", body: form });
+    return createImageBitmap(await response.blob());
+  }
+
   async function showQuery(file) {
     const canvas = $("image-canvas");
     let bitmap;
     try {
       bitmap = await createImageBitmap(file);
     } catch {
-      $("stage").dataset.state = "empty";
-      return false;
+      try {
+        bitmap = await serverPreview(file);
+      } catch {
+        $("stage").dataset.state = "empty";
+        return false;
+      }
     }
     canvas.width = bitmap.width;
     canvas.height = bitmap.height;
@@ -304,6 +329,7 @@
   }
 
   function renderLegend({ values, names }) {
+    // the labels the mask holds, not every label of the support set
     const legend = $("legend");
     legend.replaceChildren();
     for (const value of values) {
@@ -311,7 +337,8 @@
       const swatch = document.createElement("span");
       swatch.className = "swatch";
       swatch.style.backgroundColor = `rgb(${labelColour(value).join(",")})`;
-      item.append(swatch, `${value}${names[value] ? ` · ${names[value]}` : ""}`);
+      const name = names[value] && names[value] !== `label ${value}` ? names[value] : "";
+      item.append(swatch, `${value}${name ? ` · ${name}` : ""}`);
       legend.append(item);
     }
     if (!values.length) legend.append(Object.assign(document.createElement("li"), { textContent: "no label found" }));
@@ -339,6 +366,7 @@
           form.append("support_images", pair.image, pair.image.name);
           form.append("support_masks", pair.mask, pair.mask.name);
         }
+        if (Object.keys(labelNames()).length) form.append("label_names", JSON.stringify(labelNames()));
       }
       form.append("threshold", $("threshold").value);
       form.append("ensemble", $("ensemble").value);
@@ -364,8 +392,8 @@
     link.href = state.downloadUrl;
     link.download = `mask${MASK_EXTENSIONS[body.media_type] || ""}`;
     link.setAttribute("aria-disabled", "false");
-    const names = { ...state.labelNames, ...(body.label_names || {}) };
-    renderLegend({ values: body.labels, names });
+    const names = { ...labelNames(), ...(body.label_names || {}) };
+    renderLegend({ values: body.labels_present || body.labels, names });
     const t = body.timings || {};
     $("timings").textContent = `server: decode ${t.decode} ms · model ${t.model} ms · encode ${t.encode} ms; ` +
       `round trip ${Math.round(roundTrip)} ms`;
