@@ -52,9 +52,11 @@ ID_ROUTES = {
 }
 FORM_ROUTES = {("POST", "/segment"), ("POST", "/jobs")}  # prompt_id in the form
 LIST_ROUTES = {("GET", "/prompts")}
-NO_TENANT_DATA = {("GET", "/info"), ("GET", "/metrics"), ("POST", "/prompts"), ("POST", "/preview"), ("GET", "/healthz"),
-                  ("GET", "/readyz"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
-                  ("GET", "/docs/assets/{path:path}"), ("GET", "/"), ("GET", "/static/{path:path}")}
+NO_TENANT_DATA = {
+    ("GET", "/info"), ("GET", "/metrics"), ("POST", "/prompts"), ("POST", "/preview"), ("GET", "/healthz"),
+    ("GET", "/readyz"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
+    ("GET", "/docs/assets/{path:path}"), ("GET", "/"), ("GET", "/static/{path:path}"),
+}
 
 
 def test_every_route_keeps_tenants_apart(tenants):
