@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit.dicom import series
 from testkit.fixtures import API_KEY
 from testkit.inputs import ball_volume, disk_pair, save_nifti, save_png
 
 from cli.main import build_parser
+from data.io.nrrd_io import nrrd_bytes
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "sdk.md"
 QUICK_START = "## README: notebook quick start"
@@ -35,6 +37,10 @@ def _doc_files(folder: Path, rng) -> None:
     support, support_mask = ball_volume(rng, (24, 20, 10))
     save_nifti(support, folder / "support1.nii.gz")
     save_nifti(support_mask, folder / "support1_mask.nii.gz")
+    (folder / "ct").mkdir()
+    for i, data in enumerate(series(np.clip(volume, 0, 4000).astype(np.uint16)[..., :6])):
+        (folder / "ct" / f"IM{i:04d}.dcm").write_bytes(data)
+    (folder / "volume.nrrd").write_bytes(nrrd_bytes(volume))
 
 
 def test_the_quick_start_is_five_lines_from_install_to_a_mask():
@@ -54,6 +60,7 @@ def test_python_examples_run_against_a_server(server, tmp_path, rng, monkeypatch
         exec(compile(code, f"{DOC.name}[python block {i}]", "exec"), namespace)  # noqa: S102 - our own docs
     assert (tmp_path / "query_mask.png").is_file() and (tmp_path / "query_overlay.png").is_file()
     assert (tmp_path / "volume_mask.nii.gz").is_file()
+    assert (tmp_path / "ct_seg.dcm").is_file() and (tmp_path / "volume_mask.seg.nrrd").is_file()
     assert len(namespace["results"]) == 2
     out = capsys.readouterr().out
     assert "support_masks - " in out and "foreground" in out  # the error example printed the field and message
