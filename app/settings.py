@@ -97,13 +97,13 @@ class Settings(BaseSettings):
         8_000_000, ge=0, description="largest volume /segment answers synchronously; larger ones go to /jobs"
     )
     sync_max_work: int = Field(
-        4096, ge=1, description="most model work /segment runs: query units (1 for 2D, slices for a volume) x "
+        2048, ge=1, description="most model work /segment runs: query units (1 for 2D, slices for a volume) x "
         "labels x support size x ensemble; more: 413 use_jobs")
-    job_max_work: int = Field(262_144, ge=1, description="most model work of one job (same units)")
+    job_max_work: int = Field(65_536, ge=1, description="most model work of one job (same units)")
     sync_max_mb: float = Field(
         1024.0, gt=0, description="memory budget of one /segment, estimated from the headers: decoded inputs, "
         "their float copies and one probability map per label at the query's size")
-    job_max_mb: float = Field(2048.0, gt=0, description="memory budget of one job (same estimate)")
+    job_max_mb: float = Field(1536.0, gt=0, description="memory budget of one job (same estimate)")
     shutdown_grace_s: float = Field(
         8.0, ge=0, description="on SIGTERM: new requests get 503; running ones are cancelled after this long")
     request_timeout_s: float = Field(300.0, gt=0, description="longest a synchronous /segment waits for the model")
