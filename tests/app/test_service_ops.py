@@ -32,7 +32,7 @@ def test_health_ready_info(client, tiny_weights):
         "licence": "none (tests)",
     }
     assert info["max_support"] == 64 and info["device"] == "cpu" and info["prompt_store"] == "disk"
-    assert set(info["formats"]) == {"png", "jpeg", "tiff", "bmp", "nifti", "dicom"}
+    assert set(info["formats"]) == {"png", "jpeg", "tiff", "bmp", "nifti", "dicom", "nrrd"}
     assert info["model"] == net.config.name
 
 
