@@ -11,7 +11,9 @@
 #   netavark, aardvark-dns     container networks with DNS, so that compose services find each other by name
 #   iptables                   netavark's port forwarding (podman run -p)
 #   debootstrap                the Debian base root file system (no registry is needed)
-#   podman-compose             docker-compose.yml on podman
+#   podman-compose 1.6.0       docker-compose.yml on podman, from PyPI into its own venv
+#                              (/var/cache/icseg-container/podman-compose): Debian's 1.0.3 cannot read the
+#                              compose file (it fails on a service's network aliases and ignores profiles)
 # and a containers.conf that makes them work on such a host (see below).
 set -euo pipefail
 containers=0
@@ -29,7 +31,6 @@ if [ "$containers" = 1 ]; then
   [ -x /usr/lib/podman/aardvark-dns ] || need+=(aardvark-dns)
   command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
-  command -v podman-compose >/dev/null 2>&1 || need+=(podman-compose)
 fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 if [ ${#need[@]} -gt 0 ]; then
@@ -47,5 +48,13 @@ if [ "$containers" = 1 ]; then
   elif ! grep -q '^default_ulimits = \[\]' "$conf" || ! grep -q '^runtime = "runc"' "$conf"; then
     echo "$conf exists: add 'default_ulimits = []' under [containers] and 'runtime = \"runc\"' under [engine]" >&2
     exit 1
+  fi
+fi
+if [ "$containers" = 1 ]; then
+  compose_venv=/var/cache/icseg-container/podman-compose
+  if [ ! -x "$compose_venv/bin/podman-compose" ]; then
+    $SUDO mkdir -p "$(dirname "$compose_venv")"
+    $SUDO python3 -m venv "$compose_venv"
+    $SUDO "$compose_venv/bin/pip" install --quiet podman-compose==1.6.0
   fi
 fi

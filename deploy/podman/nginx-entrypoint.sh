@@ -4,9 +4,8 @@
 # NGINX_ENVSUBST_FILTER replaced, so that nginx's own $variables stay.
 #
 # One difference, because nginx 1.22 has no `resolve` on an upstream server (open-source nginx 1.27.3+):
-# the shipped upstream file is read with " resolve" dropped from its server lines (and, where
-# ICSEG_UPSTREAM_HOST is set, its host name replaced; see docker-compose.check.yml). nginx then resolves
-# the name once, at start, to every replica up at that moment, instead of every 5 s.
+# the shipped upstream file is read with " resolve" dropped from its two server lines. nginx then resolves
+# icseg-api once, at start, to every replica up at that moment, instead of every 5 s.
 set -eu
 filter="${NGINX_ENVSUBST_FILTER:-}"
 vars=$(env | cut -d= -f1 | grep -E "${filter:-.}" | sed 's/^/${/; s/$/}/' | tr '\n' ' ')
@@ -17,8 +16,7 @@ for template in /etc/nginx/templates/*.template; do
   envsubst "$vars" < "$template" > "$out"
   if [ -e /etc/nginx/icseg/upstream.conf ]; then
     mkdir -p /etc/nginx/icseg-1.22
-    sed -e 's/ resolve;$/;/' ${ICSEG_UPSTREAM_HOST:+-e "s/server icseg-api:/server ${ICSEG_UPSTREAM_HOST}:/"} \
-      /etc/nginx/icseg/upstream.conf > /etc/nginx/icseg-1.22/upstream.conf
+    sed -e 's/ resolve;$/;/' /etc/nginx/icseg/upstream.conf > /etc/nginx/icseg-1.22/upstream.conf
     sed -i 's#include /etc/nginx/icseg/upstream.conf;#include /etc/nginx/icseg-1.22/upstream.conf;#' "$out"
   fi
 done
