@@ -10,7 +10,7 @@
 #       --build-arg PACKAGES_FROM=wheels -t icseg:cpu .   # base made here; packages from deploy/wheels/
 #
 # Settings are ICSEG_* environment variables (`docker run --rm icseg:cpu serve --help` lists them).
-# Size, measured (podman, CPU build, see README "Deploy"): about 1.3 GB; CUDA (not built here) about 6-7 GB.
+# Size, measured (podman, CPU build, see README "Deploy"): 1.40 GB; CUDA (never built here) about 6-7 GB.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
