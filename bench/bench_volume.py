@@ -59,6 +59,18 @@ def load_brats(folder: Path, names: list[str]) -> list[tuple[np.ndarray, np.ndar
     return out
 
 
+def load_png_volumes(folder: Path, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Slices named ``<case>_<slice>.png`` (images/ and masks/) stacked per case, in slice order, into small
+    (H, W, d) volumes: a 3D-like set rebuilt from 2D slices."""
+    out = []
+    for name in names:
+        paths = sorted((folder / "images").glob(f"{name}_*.png"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        images = [read_image(p).array for p in paths]
+        masks = [read_mask(folder / "masks" / p.name).array for p in paths]
+        out.append((np.stack(images, axis=-1), np.stack(masks, axis=-1)))
+    return out
+
+
 def synthetic(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """BraTS-shaped (120, 120, 155) volumes with nested blobs labelled 1-4 over a stretch of slices."""
     rng = np.random.default_rng(seed)
@@ -84,13 +96,19 @@ def main() -> None:
                         help="BraTS cases used as support volumes (the query's own case is left out)")
     parser.add_argument("--configs", nargs="+", default=["old", "new"], choices=sorted(CONFIGS))
     parser.add_argument("--query-step", type=int, default=1, help="keep every k-th query slice")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="instead of BraTS: a 2D set whose images/ and masks/ are <case>_<slice>.png, rebuilt "
+                        "into one small volume per case (--queries and --support name cases)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    real = (BRATS / "images").is_dir()
-    if real:
+    real = (BRATS / "images").is_dir() or args.folder is not None
+    if args.folder is not None:
+        support = load_png_volumes(args.folder, args.support)
+        queries = dict(zip(args.queries, load_png_volumes(args.folder, args.queries)))
+    elif real:
         support = load_brats(BRATS, args.support)
         queries = dict(zip(args.queries, load_brats(BRATS, args.queries)))
     else:
@@ -98,7 +116,8 @@ def main() -> None:
     segmenter = Segmenter.from_pretrained()
     prepared = segmenter.prepare_volume_support([v for v, _ in support], [m for _, m in support], axis=2)
     labels = prepared.labels
-    print(f"data: {'BraTS ' + BRATS.name if real else 'synthetic (speed only)'}; support {len(support)} volumes; "
+    source = args.folder.name if args.folder else "BraTS " + BRATS.name if real else "synthetic (speed only)"
+    print(f"data: {source}; support {len(support)} volumes; "
           f"query step {args.query_step}; torch threads {torch.get_num_threads()}")
     rows = []
     for name, (volume, truth) in queries.items():

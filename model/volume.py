@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[int, int], None]
 SLICE_CHUNK = 32  # slices per predict_many call against a 2D support set: bounds memory, lets progress cancel
-MIN_AREA_2D = 0.0  # 2D support over a volume: a label covering less of a slice than this is cleared there
+MIN_AREA_2D = 0.01  # 2D support over a volume: a label covering less of a slice is cleared (bench_volume_2d)
 
 
 @dataclass

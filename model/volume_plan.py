@@ -98,10 +98,23 @@ def runs(depth: int, ranges: list[list[tuple]], margin: float | None) -> np.ndar
     return out
 
 
+START_FRACTION = 0.5  # the cascade starts on the middle half of the support volumes' mean labelled range
+
+
 def core(depth: int, ranges: list[list[tuple]]) -> np.ndarray:
-    """(K, D) bool: the query slices inside some support volume's labelled range (no margin): where a cascade
-    starts."""
-    return runs(depth, ranges, 0.0)
+    """(K, D) bool: where a cascade starts, per label: the query slices within the middle ``START_FRACTION``
+    of the support volumes' mean labelled range (its mean centre, half its mean width). From there it goes
+    outward as long as the structure goes on, so a query whose structure is shorter, or shifted, than the
+    support's costs only its own extent."""
+    out = np.zeros((len(ranges), depth), dtype=bool)
+    pos = relative(np.arange(depth), depth)
+    for li, label_ranges in enumerate(ranges):
+        if not label_ranges:
+            continue
+        centre = float(np.mean([(lo + hi) / 2 for lo, hi in label_ranges]))
+        half = START_FRACTION * float(np.mean([(hi - lo) / 2 for lo, hi in label_ranges]))
+        out[li] = np.abs(pos - centre) <= half + 1e-9
+    return out
 
 
 def share(budget: int, distances: list[float]) -> list[int]:

@@ -86,3 +86,9 @@ def test_bad_options_name_their_field(options, field):
 def test_default_budget_is_capped_by_the_model():
     assert plan.VolumeOptions().budget(64) == plan.DEFAULT_SUPPORT_SLICES == 16
     assert plan.VolumeOptions().budget(8) == 8
+
+
+def test_cascade_starts_in_the_middle_of_the_labelled_range():
+    start = plan.core(21, [[(0.4, 0.8), (0.2, 0.6)], []])  # mean centre 0.5, mean half-width 0.2 -> 0.4..0.6
+    assert list(np.flatnonzero(start[0])) == [8, 9, 10, 11, 12]
+    assert not start[1].any()
