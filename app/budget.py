@@ -17,7 +17,7 @@ reduce (413 ``too_large``, 422 ``too_much_work``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.errors import ApiError
 from app.settings import Settings
@@ -41,6 +41,7 @@ class Cost:
     ensemble: int
     labels: int = 1
     axis: int = 2
+    fields: list[str] = field(default_factory=list)  # the form field of each of ``items``
 
     def largest_slice(self) -> tuple[str, int]:
         """(field, pixels) of the largest 2D plane the model will see: a volume's slice along ``axis`` (the
@@ -84,17 +85,23 @@ def estimate(query: bytes, images: list[bytes], masks: list[bytes], *, ensemble:
     """Price a request from its files' headers (nothing decoded; deflated DICOM inflated up to the budget)."""
     limit = int((settings.job_max_mb if is_job else settings.sync_max_mb) * MB)
     q = probe(query, "query", limit)
-    items = [probe(b, f"support_images[{i}]", limit) for i, b in enumerate(images)]
-    items += [probe(b, f"support_masks[{i}]", limit) for i, b in enumerate(masks)]
+    fields = [f"support_images[{i}]" for i in range(len(images))] + [f"support_masks[{i}]" for i in range(len(masks))]
+    items = [probe(b, name, limit) for b, name in zip([*images, *masks], fields)]
     units = q.shape[axis] if q is not None and q.is_volume and axis < 3 else 1
     three_d = any(p is not None and p.is_volume and 1 not in p.shape for p in items)
     size = min(support_slices or DEFAULT_SUPPORT_SLICES, max_support) if three_d else max(len(images), 1)
-    return Cost(q, items, units, size, ensemble, axis=axis)
+    return Cost(q, items, units, size, ensemble, axis=axis, fields=fields)
 
 
 def check(cost: Cost, settings: Settings, *, is_job: bool, prompt: bool = False) -> None:
     """Raise the 413/422 that says what to reduce, or to use /jobs, when ``cost`` is over its budget."""
     later = "" if is_job or prompt else "; or POST it to /jobs, whose budget is larger"
+    for name, p in zip(["query", *cost.fields], [cost.query, *cost.items]):  # the per-file limits, from the header
+        limit, what = (settings.max_voxels, "voxels") if p is not None and p.is_volume else (settings.max_pixels,
+                                                                                                "pixels")
+        if p is not None and p.pixels > limit:
+            raise ApiError(f"{name}: the {p.format.upper()} declares {'x'.join(map(str, p.shape))} = {p.pixels:,} "
+                           f"{what}, above the limit of {limit:,}; downscale or crop it", field=name, code="too_large")
     field, plane = cost.largest_slice()
     if plane > settings.max_pixels:  # a one-slice NIfTI of 7000 x 7000 is a 2D image of 49 Mpx
         raise ApiError(f"{field} has slices of {plane:,} pixels, above the limit of {settings.max_pixels:,} "

@@ -29,6 +29,8 @@ _SAMPLE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;1
 # a JPEG of a flat image compresses about 200:1; one that claims 1000 times its size in pixels is forged
 MAX_JPEG_RATIO = 1000
 DEFLATED = "1.2.840.10008.1.2.1.99"
+DEFLATE_RATIO = 100  # a deflated DICOM inflating more than 100:1 (past DEFLATE_FLOOR) is a bomb, not an image
+DEFLATE_FLOOR = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -128,15 +130,22 @@ def _probe_dicom(data: bytes, field: str, max_bytes: int | None) -> Probe | None
     fp = io.BytesIO(data)
     read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
-    if str(getattr(meta, "TransferSyntaxUID", "")) == DEFLATED and max_bytes is not None:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    if str(getattr(meta, "TransferSyntaxUID", "")) == DEFLATED:
+        # pydicom inflates the whole dataset at once: count the inflated bytes here first, streaming (nothing
+        # kept), and stop at the smaller of the budget and a ratio no real image reaches
+        cap = max(DEFLATE_RATIO * len(data), DEFLATE_FLOOR)
+        cap = cap if max_bytes is None else min(cap, max_bytes)
+        inflater, pending, total = zlib.decompressobj(-zlib.MAX_WBITS), data[fp.tell():], 0
         try:
-            inflated = inflater.decompress(data[fp.tell():], max_bytes + 1)
+            while pending:
+                total += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
+                if total > cap:
+                    raise InputError(f"{field}: the deflated DICOM inflates past {cap:,} bytes from {len(data):,}, "
+                                     "more than this request may decode; send it uncompressed or smaller",
+                                     field=field, code="too_large")
         except zlib.error as exc:
             raise InputError(f"{field}: the deflated DICOM is damaged", field=field) from exc
-        if len(inflated) > max_bytes:
-            raise InputError(f"{field}: the deflated DICOM inflates past {max_bytes:,} bytes, more than this request "
-                             "may decode; send it uncompressed or smaller", field=field, code="too_large")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
