@@ -46,8 +46,9 @@ def unzip_series(data: bytes, max_voxels: int | None, field: str) -> list[bytes]
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [m for m in archive.infolist() if not m.is_dir()]
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InputError(f"{field}: cannot read this zip ({reason(exc)}); send a zip of one DICOM series",
-                         field=field) from exc
+        raise InputError(f"{field}: not a readable zip ({reason(exc)}); a zip is read only as a zipped DICOM "
+                         "series: send one, or another supported format", field=field,
+                         code="unsupported_format") from exc
     if len(members) > MAX_MEMBERS:
         raise InputError(f"{field}: the zip holds {len(members):,} files, more than {MAX_MEMBERS:,}; send one "
                          "series", field=field, code="too_large")
@@ -72,7 +73,9 @@ def unzip_series(data: bytes, max_voxels: int | None, field: str) -> list[bytes]
                              code="too_large")
         files.append(body)
     if not files:
-        raise InputError(f"{field}: the zip holds no DICOM file (files with 'DICM' at byte 128)", field=field)
+        raise InputError(f"{field}: the zip holds no DICOM file (files with 'DICM' at byte 128): a zip is read "
+                         "only as a zipped DICOM series; send one, or another supported format", field=field,
+                         code="unsupported_format")
     return files
 
 
