@@ -85,3 +85,18 @@ def test_cli_refuses_bad_values_naming_the_flag(tmp_path, capsys, argv, flag):
     code = main(["segment", "--query", str(query), "--support-images", str(query), "--support-masks", str(query),
                  "--out", str(tmp_path / "out"), *argv])
     assert code == 2 and flag in capsys.readouterr().err
+
+
+def test_progress_bar_counts_skipped_slices_as_its_start(capsys):
+    """Slices skipped when the job starts are done at once: the bar starts from them, so its rate (and ETA)
+    is that of the slices the model runs, not an instant jump."""
+    from icseg_client._base import ProgressReporter
+
+    reporter = ProgressReporter(True, 0)
+    reporter.update(0, 155, running=False)  # queued
+    reporter.update(60, 155)  # running: 60 slices skipped at once
+    bar = reporter._bar
+    assert (bar.initial, bar.n, bar.total) == (60, 60, 155)
+    reporter.update(64, 155)
+    assert bar.n == 64 and bar.format_dict["initial"] == 60
+    reporter.close()
