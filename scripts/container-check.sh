@@ -15,7 +15,7 @@
 #          a prompt stored through the proxy answers from both replicas, /jobs requests stay on the replica
 #          that took the job, `down` leaves nothing.
 # Everything it starts is removed on exit, failed or not. Caches: the base images and build layers in
-# podman's storage, the wheels in deploy/wheels/ (gitignored). Builds and containers run at nice 19.
+# podman's storage, the wheels in /var/cache/icseg-container/wheels (linked into deploy/wheels/, gitignored). Builds and containers run at nice 19.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -120,21 +120,26 @@ log "base images: $PYTHON_IMAGE"
 build "$PYTHON_IMAGE" deploy/podman -f deploy/podman/python.Containerfile --build-arg "DEBIAN_IMAGE=$DEBIAN_IMAGE"
 
 # every Python package of the image as a wheel, so that the build reaches no index (this host's pip
-# does, through its own configuration); again only when pyproject's dependencies change
+# does, through its own configuration); downloaded again only when pyproject's dependencies change, into a
+# cache outside the checkout, then linked into deploy/wheels/ (gitignored)
+WHEELS_CACHE=/var/cache/icseg-container/wheels
 python3 -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
   >"$WORK/requirements.txt"
 echo "setuptools>=69" >>"$WORK/requirements.txt"  # builds the package (pyproject's build-system)
-if ! cmp -s "$WORK/requirements.txt" deploy/wheels/.requirements.txt; then
-  log "wheels into deploy/wheels/ (pip download: $TORCH without dependencies, then everything)"
+if ! cmp -s "$WORK/requirements.txt" "$WHEELS_CACHE/.requirements.txt"; then
+  log "wheels into $WHEELS_CACHE (pip download: $TORCH without dependencies, then everything)"
+  rm -rf "$WHEELS_CACHE" && mkdir -p "$WHEELS_CACHE"
   # the image's own interpreter where the host has it (Debian's 3.11.2), so that markers such as
   # python_full_version < "3.11.3" resolve as in the image
   pip_python=python3; [ -x /usr/bin/python3.11 ] && /usr/bin/python3.11 -m pip --version >/dev/null 2>&1 \
     && pip_python=/usr/bin/python3.11
-  "$pip_python" -m pip download --quiet --no-deps "$TORCH" -d deploy/wheels 2>"$WORK/pip.log" \
-    && "$pip_python" -m pip download --quiet -r "$WORK/requirements.txt" -d deploy/wheels 2>>"$WORK/pip.log" \
+  "$pip_python" -m pip download --quiet --no-deps "$TORCH" -d "$WHEELS_CACHE" 2>"$WORK/pip.log" \
+    && "$pip_python" -m pip download --quiet -r "$WORK/requirements.txt" -d "$WHEELS_CACHE" 2>>"$WORK/pip.log" \
     || { grep -v '^WARNING: Location' "$WORK/pip.log" | tail -20; fail "pip download"; }
-  cp "$WORK/requirements.txt" deploy/wheels/.requirements.txt
+  cp "$WORK/requirements.txt" "$WHEELS_CACHE/.requirements.txt"
 fi
+rm -f deploy/wheels/*.whl
+cp -l "$WHEELS_CACHE"/*.whl deploy/wheels/ 2>/dev/null || cp "$WHEELS_CACHE"/*.whl deploy/wheels/
 
 t0=$SECONDS
 log "building $IMAGE (podman build --format docker; packages from deploy/wheels/)"
@@ -195,8 +200,8 @@ if [ "$part" != image ]; then
   sed "s/^ICSEG_HTTP_PORT=.*/ICSEG_HTTP_PORT=$port/" .env.example >"$project/.env"
   compose=(nice -n 19 "$PODMAN_COMPOSE" -p "$PROJECT" -f docker-compose.yml -f docker-compose.check.yml)
   touch "$WORK/compose-up"
-  log "podman-compose up -d (project $PROJECT, two api replicas, proxy on 127.0.0.1:$port)"
-  (cd "$project" && "${compose[@]}" up -d --no-build --scale api=2 >"$WORK/compose.log" 2>&1) \
+  log "podman-compose up -d (project $PROJECT, two api replicas: scale 2, proxy on 127.0.0.1:$port)"
+  (cd "$project" && "${compose[@]}" up -d --no-build >"$WORK/compose.log" 2>&1) \
     || { tail -40 "$WORK/compose.log"; fail "podman-compose up"; }
   mapfile -t replicas < <(podman ps --filter "label=io.podman.compose.project=$PROJECT" \
     --filter "label=com.docker.compose.service=api" --format '{{.Names}}' | sort)
@@ -253,9 +258,9 @@ if [ "$part" != image ]; then
   [ "$code" = 200 ] && cmp -s "$WORK/job.png" "$WORK/mask-1.png" || fail "job result: $code"
   log "/jobs: status and result from the replica that took job $job_id"
 
-  (cd "$project" && "${compose[@]}" down -v >>"$WORK/compose.log" 2>&1) || true
-  left=$(podman ps -a -q --filter "label=io.podman.compose.project=$PROJECT")
-  [ -z "$left" ] || fail "left after down: $(podman ps -a --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}}')"
+  (cd "$project" && "${compose[@]}" down -v --timeout 15 >"$WORK/down.log" 2>&1) || true
+  left=$(podman ps -a --filter "label=io.podman.compose.project=$PROJECT" --format '{{.Names}} {{.Status}}')
+  [ -z "$left" ] || { grep -v 'systemd' "$WORK/down.log" | tail -20; fail "left after down: $left"; }
   podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true  # podman-compose 1.0.3 keeps it
   rm -f "$WORK/compose-up"
   log "compose: OK (two replicas behind the proxy; down left no container)"

@@ -136,10 +136,11 @@ def test_env_example_names_only_real_settings():
 
 def test_check_override_changes_only_what_a_machine_without_registry_needs():
     """docker-compose.check.yml (scripts/container-check.sh) on top of the shipped file: the merged file is
-    still valid, and it differs only in the stand-in images and the proxy's start order."""
+    still valid, and it differs only in two replicas, the stand-in images and the proxy's start order."""
     shipped = load_compose(ENV_EXAMPLE)
     override = yaml.safe_load((ROOT / "docker-compose.check.yml").read_text())
-    assert set(override) == {"services"} and set(override["services"]) == {"redis", "proxy"}
+    assert set(override) == {"services"} and set(override["services"]) == {"api", "redis", "proxy"}
+    assert override["services"]["api"] == {"scale": 2}
     assert set(override["services"]["redis"]) == {"image"}
     assert set(override["services"]["proxy"]) == {"image", "depends_on"}
     for name in ("redis", "proxy"):
