@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     sync_max_work: int = Field(
         2048, ge=1, description="most model work /segment runs: query units (1 for 2D, slices for a volume) x "
         "labels x support size x ensemble; more: 413 use_jobs")
-    job_max_work: int = Field(65_536, ge=1, description="most model work of one job (same units)")
+    job_max_work: int = Field(262_144, ge=1, description="most model work of one job (same units)")
     sync_max_mb: float = Field(
         1024.0, gt=0, description="memory budget of one /segment, estimated from the headers: decoded inputs, "
         "their float copies and one probability map per label at the query's size")
