@@ -83,7 +83,7 @@ async def job_result(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
                              "the query's geometry; header X-Labels: the label of each of the K maps",
                              "content": {"application/gzip": BINARY}},
                        409: {"description": "the job is not done, or was not asked for probabilities"},
-                       **error_responses(401, 404)},
+                       **error_responses(400, 401, 404)},
             summary="The per-label probabilities of a finished volume job")
 async def job_probs(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
     job = jobs.get(job_id, tenant)
