@@ -136,7 +136,10 @@ class RequestContext:
         deadline = asyncio.ensure_future(stopping.cancel_now.wait())
         try:
             await asyncio.wait({work, deadline}, return_when=asyncio.FIRST_COMPLETED)
-            if work.done() or started:
+            # the wait on the stop's event can also end in an error (an event first used on another event loop,
+            # as with a TestClient without its lifespan): only a set event is a stop
+            stop_now = deadline.done() and not deadline.cancelled() and deadline.exception() is None
+            if work.done() or started or not stop_now:
                 await work
                 return
             work.cancel()
