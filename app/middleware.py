@@ -137,9 +137,9 @@ class RequestContext:
         try:
             await asyncio.wait({work, deadline}, return_when=asyncio.FIRST_COMPLETED)
             # the wait on the stop's event can also end in an error (an event first used on another event loop,
-            # as with a TestClient without its lifespan): only a set event is a stop
-            stop_now = deadline.done() and not deadline.cancelled() and deadline.exception() is None
-            if work.done() or started or not stop_now:
+            # as with a TestClient without its lifespan): that is no stop
+            broken = deadline.done() and not deadline.cancelled() and deadline.exception() is not None
+            if work.done() or started or broken:
                 await work
                 return
             work.cancel()
