@@ -58,6 +58,14 @@ def synthetic_episode(n_images: int, size: int, gen: torch.Generator) -> tuple[t
     return images, masks.index_fill_(0, torch.nonzero(masks.flatten(1).sum(1) == 0)[:, 0], 0).clamp_(0, 1)
 
 
+def displaced_grid(disp: torch.Tensor) -> torch.Tensor:
+    """The identity sampling grid plus disp (n, 2, N, N) in [-1, 1] units, as grid_sample takes it: (n, N, N, 2)."""
+    size = disp.shape[-1]
+    lin = torch.linspace(-1, 1, size)
+    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+    return torch.stack([xx, yy], dim=-1).unsqueeze(0) + disp.permute(0, 2, 3, 1)
+
+
 def region_map(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
     """A random label map of R regions shared by the task, under a smooth deformation per subject.
 
@@ -69,9 +77,7 @@ def region_map(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, i
     base = base + _smooth_noise(gen, regions, size, _randint(gen, 6, 16)) * float(_rand(gen, 0.0, 0.6))
     strength = float(_rand(gen, 0.0, 0.15))
     disp = _smooth_noise(gen, 2, size, _randint(gen, 3, 6), batch=n) * strength  # (n, 2, N, N)
-    lin = torch.linspace(-1, 1, size)
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    grid = torch.stack([xx, yy], dim=-1).unsqueeze(0) + disp.permute(0, 2, 3, 1)  # (n, N, N, 2)
+    grid = displaced_grid(disp)  # (n, N, N, 2)
     logits = F.grid_sample(base.expand(n, -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=True)
     return logits.argmax(dim=1), regions
 

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from data.synthetic import _gaussian_blur, _rand, _randint, _smooth_noise, region_map
+from data.synthetic import _gaussian_blur, _rand, _randint, _smooth_noise, displaced_grid, region_map
 
 FAMILIES = ("vessels", "small", "rings", "instances")
 
@@ -140,11 +140,7 @@ def instances(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
 
 def warp(x: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
     """x (n, N, N) resampled at the identity grid plus disp (n, 2, N, N) (in [-1, 1] units); bilinear."""
-    n, size = x.shape[0], x.shape[-1]
-    lin = torch.linspace(-1, 1, size)
-    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
-    grid = torch.stack([xx, yy], dim=-1).unsqueeze(0) + disp.permute(0, 2, 3, 1)
-    grid = grid.expand(n, -1, -1, -1)
+    grid = displaced_grid(disp).expand(x.shape[0], -1, -1, -1)
     out = F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return out[:, 0]
 
