@@ -302,7 +302,7 @@ def test_middleware_answers_carry_the_matched_route_in_metrics(make_client):
 
 def test_a_429_is_answered_before_the_body_is_read(make_client, rng):
     client = make_client(job_workers=1, job_queue_size=0, job_max_work=10**6)
-    calls = _slow_model(client, 0.05)
+    calls = _slow_model(client, 0.25)  # 64 passes: a job of 16 s, still running at the probe
     image, mask = pair(rng)
     first = client.post("/jobs", files=files(image, [image] * 4, [mask] * 4), data={"ensemble": "16"})
     assert first.status_code == 202
