@@ -28,6 +28,9 @@ FLOAT_COPY = 4  # bytes per pixel of the float32 working copy (grey, normalised)
 VOLUME_COPY = 12  # volumes: float32 copy, float64 percentile scratch, resized slices
 PROBS_PER_LABEL = 8  # bytes per query pixel and label: the float32 probability map and its merge
 DEFAULT_SUPPORT_SLICES = 16  # what 3D support uses per query slice and label when support_slices is unset
+# a 2D support set being prepared holds its arrays about three times at the peak: the per-item stack, its
+# label-first copy and, for a prompt, the stored blob; (labels + 1) float32 planes of N x N per item
+PREPARED_COPIES = 3
 
 
 @dataclass
@@ -42,6 +45,9 @@ class Cost:
     labels: int = 1
     axis: int = 2
     fields: list[str] = field(default_factory=list)  # the form field of each of ``items``
+    three_d: bool = False  # 3D support volumes (position-matched): ``support_size`` is support slices
+    prepared_items: int = 0  # 2D support items this request prepares at the network's side (not a stored prompt)
+    network_side: int = 0  # N
 
     def largest_slice(self) -> tuple[str, int]:
         """(field, pixels) of the largest 2D plane the model will see: a volume's slice along ``axis`` (the
@@ -67,6 +73,7 @@ class Cost:
                 total += p.decoded_bytes + p.pixels * (VOLUME_COPY if p.is_volume else FLOAT_COPY)
         if self.query is not None:
             total += self.labels * self.query.pixels * PROBS_PER_LABEL
+        total += PREPARED_COPIES * self.prepared_items * (self.labels + 1) * self.network_side ** 2 * FLOAT_COPY
         return total
 
     @property
@@ -81,8 +88,12 @@ class Cost:
 
 
 def estimate(query: bytes, images: list[bytes], masks: list[bytes], *, ensemble: int, axis: int,
-             support_slices: int | None, max_support: int, settings: Settings, is_job: bool) -> Cost:
-    """Price a request from its files' headers (nothing decoded; deflated DICOM inflated up to the budget)."""
+             support_slices: int | None, max_support: int, settings: Settings, is_job: bool,
+             network_side: int = 0) -> Cost:
+    """Price a request from its files' headers (nothing decoded; deflated DICOM inflated up to the budget).
+
+    For 2D support, ``support_size`` is every item sent; a caller that selects fewer per query
+    (``model.retrieval``) sets it to those. ``network_side``: N, to price the prepared support set."""
     limit = int((settings.job_max_mb if is_job else settings.sync_max_mb) * MB)
     q = probe(query, "query", limit)
     fields = [f"support_images[{i}]" for i in range(len(images))] + [f"support_masks[{i}]" for i in range(len(masks))]
@@ -90,7 +101,8 @@ def estimate(query: bytes, images: list[bytes], masks: list[bytes], *, ensemble:
     units = q.shape[axis] if q is not None and q.is_volume and axis < 3 else 1
     three_d = any(p is not None and p.is_volume and 1 not in p.shape for p in items)
     size = min(support_slices or DEFAULT_SUPPORT_SLICES, max_support) if three_d else max(len(images), 1)
-    return Cost(q, items, units, size, ensemble, axis=axis, fields=fields)
+    return Cost(q, items, units, size, ensemble, axis=axis, fields=fields, three_d=three_d,
+                prepared_items=0 if three_d else len(images), network_side=network_side)
 
 
 def check(cost: Cost, settings: Settings, *, is_job: bool, prompt: bool = False) -> None:

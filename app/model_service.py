@@ -22,6 +22,7 @@ from app.errors import Busy
 from app.metrics import Metrics
 from app.settings import Settings
 from data.io import FORMATS
+from model import retrieval
 from model.cancel import Cancelled, stop_when
 from model.inputs import SupportFiles
 from model.segmenter import PreparedSupport, Segmenter
@@ -56,7 +57,9 @@ class ModelService:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         segmenter = Segmenter.from_pretrained(settings.weights, device=settings.device, max_labels=settings.max_labels)
-        segmenter.max_support = min(settings.max_support, segmenter.max_support)  # the model's own cap stays
+        # what a support set (a prompt) may hold, and the most items one query uses (the model's own cap stays)
+        segmenter.max_pool = settings.max_prompt_support
+        segmenter.max_support = min(settings.max_support, segmenter.max_support, segmenter.max_pool)
         return cls(segmenter, settings, metrics)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -104,6 +107,13 @@ class ModelService:
     def prepare_support(self, files: SupportFiles, axis: int = 2) -> PreparedSupport | VolumeSupport:
         """Blocking: decoded support files prepared for the network (``model.inputs.SupportFiles.prepare``)."""
         return files.prepare(self.segmenter, axis)
+
+    def select_support(self, query: np.ndarray, support: PreparedSupport, select: str | None,
+                       support_size: int | None, axis: int | None = None) -> tuple[PreparedSupport, dict]:
+        """Blocking: the items of a 2D support set one query uses (``model.retrieval.for_query``) and
+        {"select", "support_size", "pool"}. ``axis``: the query is a volume sliced along it."""
+        prepared = retrieval.prepare_query(query, self.size, self.segmenter.clip_percentiles, axis)
+        return retrieval.for_query(prepared, support, select, support_size, self.max_support, self.segmenter.seed)
 
     def _predict_many(self, queries: Sequence[np.ndarray], support: PreparedSupport, ensemble: int) -> list[np.ndarray]:
         return self.segmenter.predict_many(queries, support, ensemble=ensemble)

@@ -28,6 +28,7 @@ from app.prompts import Prompts
 from app.settings import Settings
 from data.io import ImageData, encode_probs, read_series, to_png_bytes
 from model.inputs import SupportFiles, read_support
+from model.retrieval import LARGE_DEFAULT, Select, resolve
 from model.support import PreparedSupport, label_set, merge_labels
 from model.volume import VolumeSupport
 from model.volume_plan import DEFAULT_SKIP_MARGIN, VolumeOptions
@@ -51,11 +52,13 @@ class SegmentForm:
     cascade: bool = False
     query_parts: list[UploadFile] = field(default_factory=list)  # the other files of a DICOM series
     label_names: str | None = None
+    select: Select | None = None
+    support_size: int | None = None
 
 
 # form fields that take one value; `query` may repeat (a DICOM series sent file by file)
 SINGLE_FIELDS = ("prompt_id", "threshold", "ensemble", "axis", "output", "support_slices", "skip_margin", "cascade",
-                 "label_names")
+                 "label_names", "select", "support_size")
 
 
 async def reject_repeated(request: Request, names: tuple[str, ...]) -> None:
@@ -105,10 +108,18 @@ async def segment_form(
         "the next ones, outward from the labelled range (in-context cascade)")] = False,
     label_names: Annotated[str | None, Form(
         description='JSON object label -> name for inline support, e.g. {"1": "liver"} (as /prompts takes)')] = None,
+    select: Annotated[Select | None, Form(
+        description="2D support sets: which items the query uses. all: every one (the default while the set fits "
+        "the model, ICSEG_MAX_SUPPORT); similar: the support_size items whose images are nearest to the query; "
+        f"random: support_size items drawn at random, seeded. Unset on a larger set: {LARGE_DEFAULT}")] = None,
+    support_size: Annotated[int | None, Form(
+        ge=1, description="2D support sets: how many items the query uses (with select=similar or random); at "
+        "most the set's size and ICSEG_MAX_SUPPORT (unset: all of them, capped at ICSEG_MAX_SUPPORT)")] = None,
 ) -> SegmentForm:
     await reject_repeated(request, SINGLE_FIELDS)
     return SegmentForm(query[0], support_images or [], support_masks or [], prompt_id or None, threshold, ensemble,
-                       axis, output, support_slices, skip_margin, cascade, query[1:], label_names or None)
+                       axis, output, support_slices, skip_margin, cascade, query[1:], label_names or None, select,
+                       support_size)
 
 
 @dataclass
@@ -133,6 +144,7 @@ class SegmentTask:
     want_probs: bool = False
     output: str | None = None
     model_info: dict = field(default_factory=dict)  # the weights, for a DICOM SEG's algorithm identification
+    selection: dict | None = None  # 2D support: {"select", "support_size", "pool"}, what the query used
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -184,9 +196,12 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
     def decode_all() -> tuple[ImageData, SupportFiles | None]:
         cost = budget.estimate(query_bytes, image_bytes, mask_bytes, ensemble=form.ensemble, axis=form.axis,
                                support_slices=form.support_slices, max_support=model.max_support,
-                               settings=settings, is_job=is_job)
+                               settings=settings, is_job=is_job, network_side=model.size)
         if record is not None:
             cost.support_size, cost.labels = record.support_size, len(record.labels)
+        if not cost.three_d:  # the items one query uses: a bad select or support_size is a 4xx before decoding
+            cost.support_size = resolve(form.select, form.support_size, cost.support_size, model.max_support,
+                                        LARGE_DEFAULT)[1]
         budget.check(cost, settings, is_job=is_job)  # from the headers: nothing decoded yet
         query = read_series([query_bytes, *more_query], max_pixels=settings.max_pixels,
                             max_voxels=settings.max_voxels, field="query")
@@ -205,16 +220,25 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
                             threshold=form.threshold)
     options.check(model.max_support)  # a bad value is a 4xx before any work, and before a job's 202
     prepare_ms = 0.0
+    start = time.perf_counter()
     if files is not None:
-        start = time.perf_counter()
         support = await run_in_threadpool(model.prepare_support, files, form.axis)
-        prepare_ms = (time.perf_counter() - start) * 1000
+    selection = None
+    if isinstance(support, VolumeSupport):
+        if form.select not in (None, "all") or form.support_size is not None:
+            field_name = "select" if form.select not in (None, "all") else "support_size"
+            raise ApiError("select and support_size choose among 2D support items; 3D support volumes are matched by "
+                           "position: use support_slices", field=field_name, code="invalid_request")
+    else:
+        support, selection = await run_in_threadpool(model.select_support, query.array, support, form.select,
+                                                     form.support_size, form.axis if query.kind == "volume" else None)
+    prepare_ms = (time.perf_counter() - start) * 1000
     names = {**(record.label_names if record is not None else {}),
              **parse_label_names(form.label_names, tuple(support.labels))}
     return SegmentTask(query=query, support=support, threshold=form.threshold, ensemble=form.ensemble,
                        axis=form.axis, label_names=names, output=form.output, model_info=model.info(),
                        decode_ms=decode_ms, prepare_ms=prepare_ms, options=options,
-                       want_probs=form.output == "probs")
+                       want_probs=form.output == "probs", selection=selection)
 
 
 async def run_model(task: SegmentTask, model: ModelService,

@@ -25,6 +25,10 @@ def visible(owner: str | None, tenant: str | None) -> bool:
     return tenant is None or tenant == ADMIN or owner == tenant
 
 
+def _nbytes(support: PreparedSupport) -> int:
+    return support.images.nbytes + support.masks.nbytes
+
+
 def dump_support(support: PreparedSupport) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **support.to_arrays())
@@ -44,13 +48,16 @@ class Prompts:
         ttl_s: lifetime of new prompts (0: forever).
         cache_items: prepared supports kept in memory; the same object is handed to every request for a
             prompt so that the micro-batcher can group them.
+        cache_bytes: and at most this many bytes of them (a 512-item prompt is 64 MB per label at N = 128);
+            the one just loaded always stays.
     """
 
-    def __init__(self, store: PromptStore, ttl_s: int, cache_items: int = 32):
+    def __init__(self, store: PromptStore, ttl_s: int, cache_items: int = 32, cache_bytes: int = 512 * 1024 * 1024):
         self.store = store
         self.ttl_s = ttl_s
         self._cache: OrderedDict[str, PreparedSupport] = OrderedDict()
         self._cache_items = cache_items
+        self._cache_bytes = cache_bytes
         self._lock = threading.Lock()
 
     def create(self, support: PreparedSupport, network_size: int, name: str | None = None,
@@ -92,7 +99,8 @@ class Prompts:
         support = load_support(blob)
         with self._lock:
             support = self._cache.setdefault(prompt_id, support)  # a racing loader's object wins: one per id
-            while len(self._cache) > self._cache_items:
+            while len(self._cache) > 1 and (len(self._cache) > self._cache_items
+                                            or sum(map(_nbytes, self._cache.values())) > self._cache_bytes):
                 self._cache.popitem(last=False)
         return record, support
 

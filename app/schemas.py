@@ -44,6 +44,12 @@ class Segment(BaseModel):
     colour: str = Field(description="'#rrggbb', the viewer's colour for the label")
 
 
+class Selection(BaseModel):
+    select: Literal["all", "similar", "random"] = Field(description="how the query's support items were chosen")
+    support_size: int = Field(description="support items the query used")
+    pool: int = Field(description="items of the support set (or stored prompt) they were chosen from")
+
+
 class SegmentResult(BaseModel):
     mask: str = Field(description="the mask file, base64: PNG for 2D queries, NIfTI for NIfTI volumes")
     media_type: str = Field(description="media type of the decoded `mask`")
@@ -59,6 +65,8 @@ class SegmentResult(BaseModel):
         "one gzipped float32 NIfTI (H, W, D, K) in the query's geometry, labels in the order of `labels`"
     )
     volume: VolumeInfo | None = Field(None, description="volumes: what ran, what was skipped")
+    selection: Selection | None = Field(None, description="2D support sets: which items the query used (select, "
+                                        "support_size)")
 
 
 class PromptInfo(BaseModel):

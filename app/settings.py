@@ -86,7 +86,11 @@ class Settings(BaseSettings):
         default_factory=list, description="comma-separated browser origins allowed by CORS (unset: none)"
     )
     docs: bool = Field(True, description="serve /docs and /openapi.json (they hold no data and need no key)")
-    max_support: int = Field(64, ge=1, description="most support items per request or prompt (capped by the model's)")
+    max_support: int = Field(64, ge=1, description="most support items the model takes at once for one query "
+                             "(capped by the model's); a larger support set needs support_size and select")
+    max_prompt_support: int = Field(
+        512, ge=1, description="most support items a stored prompt (or an inline support set) may hold; the model "
+        "takes at most ICSEG_MAX_SUPPORT of them per query (select=similar|random, support_size)")
     max_labels: int = Field(
         32, ge=1, description="most distinct labels in a support set (each label is one pass of the model)"
     )

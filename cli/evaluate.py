@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--support-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
     e.add_argument("--queries", type=int, default=20, help="held-out queries per dataset and label")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--select", type=_tuple, default=(), metavar="similar,random",
+                   help="measure support selection instead: each --support-sizes k picked per query by these "
+                   "(model.retrieval) from a pool of --pool-size, with each of --ensembles; plus the whole pool")
+    e.add_argument("--pool-size", type=int, default=64, help="with --select: the pool the k items come from")
+    e.add_argument("--ensembles", type=int, nargs="+", default=[1, 4], help="with --select: ensemble sizes")
     e.add_argument("--json", dest="json_path", default=None, help="write the results here")
     e.add_argument("--no-progress", dest="progress", action="store_false")
     e.set_defaults(func=_eval)
@@ -51,6 +56,8 @@ def _eval(args: argparse.Namespace) -> int:
     if missing:
         log.error("datasets not found under %s: %s", args.data_root, ", ".join(missing))
         return 2
+    if args.select:
+        return _eval_select(args, folder)
     options = {"ensemble": args.ensemble, "flip": args.flip}
     models = {"icseg": Segmenter.from_pretrained(args.weights, seed=args.seed)}
     for name, path in args.compare:
@@ -63,4 +70,28 @@ def _eval(args: argparse.Namespace) -> int:
             json.dump({"models": {name: seg.info() for name, seg in models.items()}, "options": options,
                        "seed": args.seed, "queries": args.queries, "support_sizes": args.support_sizes,
                        "datasets": list(args.datasets), "rows": rows}, f, indent=2)
+    return 0
+
+
+def _eval_select(args: argparse.Namespace, folder) -> int:
+    from model.evaluate_select import evaluate_selection, selection_table
+    from model.retrieval import SELECTS
+    from model.segmenter import Segmenter
+
+    unknown = [s for s in args.select if s not in SELECTS]
+    if unknown:
+        log.error("--select takes %s; got %s", ",".join(SELECTS), ",".join(unknown))
+        return 2
+    seg = Segmenter.from_pretrained(args.weights, seed=args.seed)
+    rows: list[dict] = []
+    for name in args.datasets:  # the JSON is rewritten after every dataset: a long run keeps what it measured
+        rows += evaluate_selection(seg, folder, (name,), args.support_sizes, args.pool_size, args.select,
+                                   tuple(args.ensembles), args.queries, args.seed, args.progress)
+        if args.json_path:
+            with open(args.json_path, "w") as f:
+                json.dump({"models": {"icseg": seg.info()}, "select": list(args.select), "pool_size": args.pool_size,
+                           "ensembles": args.ensembles, "seed": args.seed, "queries": args.queries,
+                           "support_sizes": args.support_sizes, "datasets": list(args.datasets), "rows": rows}, f,
+                          indent=2)
+    sys.stdout.write(selection_table(rows, args.support_sizes) + "\n")
     return 0

@@ -21,7 +21,7 @@ from model import cancel, volume_plan
 from model import volume as volumes
 from model.cancel import CHUNK_S, ShouldStop
 from model.network import UniverSegNet, count_parameters
-from model.support import PreparedSupport, merge_labels, prepare_support
+from model.support import MAX_POOL, PreparedSupport, merge_labels, prepare_support
 from model.volume import VolumeSupport
 from model.weights import load_model
 
@@ -38,7 +38,9 @@ class Segmenter:
     Args:
         net: the network (eval mode).
         device: where to run it; defaults to the network's device.
-        max_support: the largest support set accepted (defaults to the network config's).
+        max_support: the most support items the network takes at once (defaults to the network config's).
+        max_pool: the most items a 2D support set may hold (a large prompt; ``model.retrieval`` picks what a
+            query uses); default ``model.support.MAX_POOL`` (512), at least ``max_support``.
         max_labels: the most distinct labels a support set may hold (None: no limit); each label is a pass.
         clip_percentiles: clip intensities to these percentiles before min-max (e.g. (0.5, 99.5) for CT/MR);
             None for plain min-max.
@@ -55,12 +57,14 @@ class Segmenter:
         max_batch_items: int = 256,
         seed: int = 0,
         max_labels: int | None = None,
+        max_pool: int | None = None,
     ):
         self.net = net.eval()
         self.device = torch.device(device) if device is not None else next(net.parameters()).device
         self.net.to(self.device)
         self.size = net.config.size
         self.max_support = max_support or net.config.max_support
+        self.max_pool = max(max_pool or MAX_POOL, self.max_support)
         self.max_labels = max_labels
         self.clip_percentiles = clip_percentiles
         self.max_batch_items = max_batch_items
@@ -103,7 +107,7 @@ class Segmenter:
             InputError: no items, count mismatch, too many items or labels (each with its code); size
                 mismatch, bad values, no foreground.
         """
-        return prepare_support(support_images, support_masks, size=self.size, max_support=self.max_support,
+        return prepare_support(support_images, support_masks, size=self.size, max_support=self.max_pool,
                                max_labels=self.max_labels, clip_percentiles=self.clip_percentiles)
 
     def prepare_volume_support(

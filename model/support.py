@@ -15,6 +15,8 @@ import torch
 from data.errors import InputError
 from data.preprocess import check_mask, label_values, prepare_gray, prepare_mask, to_gray
 
+MAX_POOL = 512  # the most items a 2D support set (a stored prompt) may hold by default; see model.retrieval
+
 
 @dataclass
 class PreparedSupport:

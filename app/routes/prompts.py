@@ -15,6 +15,7 @@ from app.labels import parse_label_names as _label_names
 from app.pipeline import decode_support, read_uploads, reject_repeated
 from app.prompt_store import PromptRecord
 from app.schemas import PromptInfo, PromptList, error_responses
+from model.support import label_set
 
 router = APIRouter(prefix="/prompts", tags=["prompts"], dependencies=AUTH)
 
@@ -27,7 +28,9 @@ def _info(record: PromptRecord) -> dict:
              responses=error_responses(400, 401, 413, 415, 422, 503), summary="Store a support set")
 async def create_prompt(
     request: Request,
-    support_images: Annotated[list[UploadFile], File(description="2D support images, repeated")],
+    support_images: Annotated[list[UploadFile], File(
+        description="2D support images, repeated: up to ICSEG_MAX_PROMPT_SUPPORT (512); a query uses at most "
+        "ICSEG_MAX_SUPPORT of them (select, support_size)")],
     support_masks: Annotated[list[UploadFile], File(description="label maps paired by order with the images")],
     model: ModelDep,
     prompts: PromptsDep,
@@ -46,9 +49,14 @@ async def create_prompt(
     def prepare():
         # priced from the headers first (the synchronous budget; a prompt has no query: its support only)
         cost = budget.estimate(b"", image_bytes, mask_bytes, ensemble=1, axis=2, support_slices=None,
-                               max_support=model.max_support, settings=settings, is_job=False)
+                               max_support=model.max_support, settings=settings, is_job=False,
+                               network_side=model.size)
+        cost.support_size = 1  # no model work: a prompt is prepared, not run; its items are priced as memory
         budget.check(cost, settings, is_job=False, prompt=True)
-        return model.prepare_support(decode_support(image_bytes, mask_bytes, settings, volumes=False))
+        files = decode_support(image_bytes, mask_bytes, settings, volumes=False)
+        cost.labels = len(label_set(files.masks, settings.max_labels))
+        budget.check(cost, settings, is_job=False, prompt=True)  # the prepared arrays with the real label count
+        return model.prepare_support(files)
 
     support = await run_in_threadpool(prepare)
     names = _label_names(label_names, support.labels)

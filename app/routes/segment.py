@@ -59,13 +59,17 @@ async def segment(
     summary = label_summary(mask, task.labels, task.label_names)
     if wants_json(form.output, request.headers.get("accept", "")):
         body = SegmentResult(mask=base64.b64encode(payload).decode(), media_type=media_type, **summary,
-                             shape=list(mask.shape), timings=timings, probs=probs_files, volume=volume)
+                             shape=list(mask.shape), timings=timings, probs=probs_files, volume=volume,
+                             selection=task.selection)
         return JSONResponse(body.model_dump(exclude_none=True))
     headers = {
         "Content-Disposition": f'attachment; filename="mask{extension}"',
         **label_headers(summary),
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
     }
+    if task.selection is not None:  # which support items the query used
+        headers["X-Select"] = task.selection["select"]
+        headers["X-Support-Size"] = str(task.selection["support_size"])
     if volume is not None:  # the slices set to background without running the model
         headers["X-Skipped-Slices"] = str(len(volume["skipped"]))
     return Response(payload, media_type=media_type, headers=headers)

@@ -109,7 +109,7 @@ def test_unsafe_ids_are_404(client, prompt_id):
 
 
 def test_prompt_creation_errors(make_client, rng):
-    client = make_client(max_support=2)
+    client = make_client(max_prompt_support=2)
     assert client.post("/prompts", files=support_files(rng, 3)).status_code == 422
     assert client.post("/prompts", files=support_files(rng, 2)[:-1]).status_code == 422
     image, mask = disk_pair(rng)

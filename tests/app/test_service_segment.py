@@ -164,7 +164,7 @@ def test_support_count_mismatch_is_422(client, rng):
 
 
 def test_too_many_support_items_is_422(make_client, rng):
-    client = make_client(max_support=2)
+    client = make_client(max_prompt_support=2)
     query, _ = disk_pair(rng)
     error = _assert_error(
         client.post("/segment", files=_query(query) + support_files(rng, 3)),
