@@ -154,7 +154,7 @@ def _field_from_loc(loc: tuple) -> str | None:
 # apart (Starlette's wording, not ours); these get the documented answers
 _FORM_LIMITS = (
     ("Too many files", "too_many_support_items", "support_images",
-     "the form holds more files than a support set of ICSEG_MAX_SUPPORT pairs and a query; send fewer"),
+     "the form holds more files than a support set of ICSEG_MAX_PROMPT_SUPPORT pairs and a query; send fewer"),
     ("Too many fields", "invalid_request", None, "the form holds too many fields; send only the documented ones"),
     ("exceeded maximum size", "too_large", None,
      "a text field of the form exceeds 1 MB (e.g. label_names); send it shorter"),

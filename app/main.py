@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs else None,
         redoc_url=None,
         # enough for a full support set and the query; more files fail at parsing, not in memory
-        form_limits={"max_files": 2 * settings.max_support + 8, "max_fields": 64},
+        form_limits={"max_files": 2 * max(settings.max_support, settings.max_prompt_support) + 8, "max_fields": 64},
     )
     app.state.settings = settings
     app.state.metrics = metrics

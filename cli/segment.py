@@ -64,6 +64,13 @@ def register(subparsers) -> None:
     p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<name>.png: mask contours on the "
                    "query (the slice with most foreground for volumes)")
     add_segment_options(p)
+    support = p.add_argument_group("2D support sets larger than the model takes at once (the API's fields)")
+    support.add_argument("--select", choices=("all", "similar", "random"), default=None,
+                         help="which support items each query uses: all (the default while the set fits the model), "
+                         "similar (the --support-size items nearest to the query; the default for a larger set), "
+                         "random (seeded)")
+    support.add_argument("--support-size", type=int, default=None, metavar="K",
+                         help="how many support items each query uses (with --select similar or random)")
     server = p.add_argument_group("server mode")
     server.add_argument("--url", help="the icseg server, e.g. http://gpu-box:8000 (omit: run the model here)")
     server.add_argument("--api-key", help="the server's API key; prefer the ICSEG_API_KEY environment variable "
@@ -116,6 +123,8 @@ def _plan(args: argparse.Namespace) -> Plan:
     elif len(images) != len(masks):
         raise UsageError(f"{len(images)} support images but {len(masks)} support masks; pair them one to one")
     check_segment_options(args)
+    if args.support_size is not None and args.support_size < 1:
+        raise UsageError("--support-size must be 1 or more")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} is a file, not a folder")
@@ -160,7 +169,8 @@ def _run_remote(args: argparse.Namespace, plan: Plan) -> int:
     # the support set is read once, not once per query
     images = [p.read_bytes() for p in plan.support_images] or None
     masks = [p.read_bytes() for p in plan.support_masks] or None
-    options = {"prompt_id": args.prompt_id, "threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis}
+    options = {"prompt_id": args.prompt_id, "threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis,
+               "select": args.select, "support_size": args.support_size}
     volume = volume_options(args)
     failed: list[tuple[Path, str]] = []
     with Client(args.url, api_key=args.api_key, timeout=args.timeout) as client:
@@ -188,17 +198,27 @@ def _run_remote(args: argparse.Namespace, plan: Plan) -> int:
 
 def _run_local(args: argparse.Namespace, plan: Plan) -> int:
     from data.io import encode_mask, read_image, write_atomic
+    from model import retrieval
     from model.inputs import read_support
     from model.segmenter import Segmenter, VolumeSupport
 
     weights = args.weights or os.environ.get("ICSEG_WEIGHTS") or None
     segmenter = Segmenter.from_pretrained(weights, device=args.device)
     # the support files are read and prepared once (the service's path from bytes to a support set)
-    support = read_support(plan.support_images, plan.support_masks, volumes=True).prepare(segmenter, args.axis)
+    pool = read_support(plan.support_images, plan.support_masks, volumes=True).prepare(segmenter, args.axis)
+    if isinstance(pool, VolumeSupport) and (args.select not in (None, "all") or args.support_size is not None):
+        raise UsageError("--select and --support-size choose among 2D support items; 3D support volumes are "
+                         "matched by position: use --support-slices")
     failed: list[tuple[Path, str]] = []
     for path in _queries(plan, args.progress):
         try:
             query = read_image(path, field="query")
+            support = pool
+            if not isinstance(pool, VolumeSupport):  # the items this query uses (model.retrieval), as the server
+                prepared = retrieval.prepare_query(query.array, segmenter.size, segmenter.clip_percentiles,
+                                                   args.axis if query.kind == "volume" else None)
+                support, _ = retrieval.for_query(prepared, pool, args.select, args.support_size,
+                                                 segmenter.max_support, segmenter.seed)
             if query.kind == "image":
                 if isinstance(support, VolumeSupport):
                     raise UsageError(f"{path} is a 2D image but the support set is 3D volumes")

@@ -370,6 +370,8 @@
       }
       form.append("threshold", $("threshold").value);
       form.append("ensemble", $("ensemble").value);
+      if ($("select").value) form.append("select", $("select").value);
+      if ($("support-size").value) form.append("support_size", $("support-size").value);
       form.append("output", "json");
       button.disabled = true;
       say("Segmenting…", "busy");
@@ -395,8 +397,10 @@
     const names = { ...labelNames(), ...(body.label_names || {}) };
     renderLegend({ values: body.labels_present || body.labels, names });
     const t = body.timings || {};
+    const sel = body.selection;
     $("timings").textContent = `server: decode ${t.decode} ms · model ${t.model} ms · encode ${t.encode} ms; ` +
-      `round trip ${Math.round(roundTrip)} ms`;
+      `round trip ${Math.round(roundTrip)} ms` +
+      (sel ? `; examples: ${sel.support_size} of ${sel.pool} (${sel.select})` : "");
 
     const shown = await showQuery(state.query);
     if (body.media_type !== "image/png" || Math.max(0, ...body.labels) > 255) {

@@ -93,12 +93,15 @@ class AsyncClient(BaseClient):
         cascade: bool | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
+        select: str | None = None,
+        support_size: int | None = None,
         probs: bool = False,
     ) -> SegmentResult:
         """See ``Client.segment``."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/segment", query, support_images, support_masks, prompt_id, prompt, threshold,
-            ensemble, axis, probs, request_fields(support_slices, skip_margin, cascade, label_names, output)))
+            ensemble, axis, probs,
+            request_fields(support_slices, skip_margin, cascade, label_names, output, select, support_size)))
         start = self._timer()
         response = await self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -119,11 +122,14 @@ class AsyncClient(BaseClient):
         cascade: bool | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
+        select: str | None = None,
+        support_size: int | None = None,
     ) -> Job:
         """See ``Client.create_job``."""
         spec, _ = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
-            axis, volume=request_fields(support_slices, skip_margin, cascade, label_names, output)))
+            axis, volume=request_fields(support_slices, skip_margin, cascade, label_names, output, select,
+                                        support_size)))
         return Job.from_json((await self._request(spec)).json())
 
     async def get_job(self, job: Job | str) -> Job:
@@ -154,6 +160,8 @@ class AsyncClient(BaseClient):
         cascade: bool | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
+        select: str | None = None,
+        support_size: int | None = None,
         probs: bool = False,
         progress: bool | Any = True,
         poll_interval: float = 1.0,
@@ -162,7 +170,8 @@ class AsyncClient(BaseClient):
         """See ``Client.segment_volume``; cancelling the awaiting task cancels the job."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
-            axis, probs, request_fields(support_slices, skip_margin, cascade, label_names, output)))
+            axis, probs,
+            request_fields(support_slices, skip_margin, cascade, label_names, output, select, support_size)))
         start = self._timer()
         job = Job.from_json((await self._request(spec)).json())
         reporter = ProgressReporter(progress, job.total)

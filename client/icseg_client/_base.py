@@ -251,6 +251,7 @@ class BaseClient:
             volume=body.get("volume"),
             labels_present=[int(v) for v in body.get("labels_present", [])],
             segments=list(body.get("segments") or []),
+            selection=body.get("selection"),
         )
 
     @staticmethod
@@ -289,9 +290,34 @@ class BaseClient:
 
 
 def request_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None,
-                   label_names: dict[int, str] | None, output: str | None) -> dict[str, str]:
-    """Every optional form field of /segment and /jobs (``volume_fields`` and ``clinical_fields``)."""
-    return {**volume_fields(support_slices, skip_margin, cascade), **clinical_fields(label_names, output)}
+                   label_names: dict[int, str] | None, output: str | None, select: str | None = None,
+                   support_size: int | None = None) -> dict[str, str]:
+    """Every optional form field of /segment and /jobs (``volume_fields``, ``clinical_fields`` and
+    ``selection_fields``)."""
+    return {**volume_fields(support_slices, skip_margin, cascade), **clinical_fields(label_names, output),
+            **selection_fields(select, support_size)}
+
+
+SELECTS = ("all", "similar", "random")
+
+
+def selection_fields(select: str | None, support_size: int | None) -> dict[str, str]:
+    """Which support items a query uses (None: the service's default), checked before anything is sent.
+
+    Raises:
+        InvalidInputError: a value the service would refuse, naming the argument.
+    """
+    data: dict[str, str] = {}
+    if select is not None:
+        if select not in SELECTS:
+            raise InvalidInputError(f"select must be one of {', '.join(SELECTS)}, got {select!r}", "select")
+        data["select"] = select
+    if support_size is not None:
+        if isinstance(support_size, bool) or not isinstance(support_size, int) or support_size < 1:
+            raise InvalidInputError(f"support_size must be a whole number of 1 or more, got {support_size!r}",
+                                    "support_size")
+        data["support_size"] = str(support_size)
+    return data
 
 
 def clinical_fields(label_names: dict[int, str] | None, output: str | None) -> dict[str, str]:

@@ -102,6 +102,8 @@ class Client(BaseClient):
         cascade: bool | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
+        select: str | None = None,
+        support_size: int | None = None,
         probs: bool = False,
     ) -> SegmentResult:
         """Segment one query with a support set or a stored prompt, synchronously.
@@ -128,6 +130,11 @@ class Client(BaseClient):
             output: "dicom-seg" for a DICOM query (a file, a list of a series' files, a zip, a multi-frame):
                 a DICOM Segmentation referencing the query's instances; save it with ``result.save("x.dcm")``.
             probs: also return per-label probabilities: (K, H, W) for 2D queries, (K, H, W, D) for volumes.
+            select: 2D support sets: which items the query uses: "all" (service default while the set fits the
+                model), "similar" (the ``support_size`` items nearest to the query) or "random" (seeded); a
+                stored prompt may hold up to 512 items, more than the model takes at once (64).
+            support_size: 2D support sets: how many items the query uses (with "similar" or "random").
+                ``result.selection`` says what ran.
 
         Returns:
             The mask at the query's size, in its format and geometry.
@@ -142,7 +149,7 @@ class Client(BaseClient):
         spec, query_upload = self._segment_spec("/segment", query, support_images, support_masks, prompt_id, prompt,
                                                 threshold, ensemble, axis, probs,
                                                 request_fields(support_slices, skip_margin, cascade, label_names,
-                                                               output))
+                                                               output, select, support_size))
         start = self._timer()
         response = self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -163,11 +170,14 @@ class Client(BaseClient):
         cascade: bool | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
+        select: str | None = None,
+        support_size: int | None = None,
     ) -> Job:
         """Submit a background segmentation (same arguments as ``segment``); poll it with ``get_job``."""
         spec, _ = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt, threshold,
                                      ensemble, axis,
-                                     volume=request_fields(support_slices, skip_margin, cascade, label_names, output))
+                                     volume=request_fields(support_slices, skip_margin, cascade, label_names, output,
+                                                           select, support_size))
         return Job.from_json(self._request(spec).json())
 
     def get_job(self, job: Job | str) -> Job:
@@ -201,6 +211,8 @@ class Client(BaseClient):
         cascade: bool | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
+        select: str | None = None,
+        support_size: int | None = None,
         probs: bool = False,
         progress: bool | Any = True,
         poll_interval: float = 1.0,
@@ -228,7 +240,7 @@ class Client(BaseClient):
         spec, query_upload = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt,
                                                 threshold, ensemble, axis, probs,
                                                 request_fields(support_slices, skip_margin, cascade, label_names,
-                                                               output))
+                                                               output, select, support_size))
         start = self._timer()
         job = Job.from_json(self._request(spec).json())
         reporter = ProgressReporter(progress, job.total)

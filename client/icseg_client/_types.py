@@ -44,6 +44,8 @@ class SegmentResult:
         volume: volumes: what ran and what it cost, the service's ``volume`` object: ``slices``, ``skipped``
             (slice indices set to background without running the model), ``tasks``, ``support_slices``,
             ``skip_margin``, ``cascade``.
+        selection: 2D support sets (``segment``): which items the query used, the service's ``selection``:
+            ``select`` ("all", "similar", "random"), ``support_size`` and ``pool`` (the items it chose from).
     """
 
     data: bytes
@@ -57,6 +59,7 @@ class SegmentResult:
     volume: dict | None = None
     labels_present: list[int] = field(default_factory=list)
     segments: list[dict] = field(default_factory=list)
+    selection: dict | None = None
 
     @property
     def format(self) -> str:
