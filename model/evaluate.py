@@ -94,13 +94,15 @@ def evaluate(
     n_queries: int,
     seed: int,
     progress: bool = True,
+    on_result: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Rows of {dataset, label, support_size, method, dice, n, seconds}: every predictor and both baselines
     on the same queries and the same (nested, seeded) support sets.
 
     Support items never come from the query's own patient or volume, nor from its neighbouring slices
     (``may_pair``), so that near-copies of a query cannot flatter its Dice. ``seconds`` is the mean time of one
-    prediction (baselines included).
+    prediction (baselines included). ``on_result``, when given, gets every single prediction's
+    {dataset, label, support_size, method, query, dice} right after the predictor ran (calibration).
     """
     methods: dict[str, Predictor] = {
         **predictors,
@@ -136,6 +138,9 @@ def evaluate(
                         pred = run(images[q], s_img, s_msk) >= 0.5
                         times[(name, label, size, method)].append(time.perf_counter() - start)
                         scores[(name, label, size, method)].append(_dice(pred, truth))
+                        if on_result is not None:
+                            on_result({"dataset": name, "label": int(label), "support_size": size, "method": method,
+                                       "query": int(q), "dice": scores[(name, label, size, method)][-1]})
     return [
         {"dataset": d, "label": lab, "support_size": s, "method": m, "dice": float(np.mean(v)), "n": len(v),
          "seconds": float(np.mean(times[(d, lab, s, m)]))}

@@ -177,24 +177,27 @@ class Segmenter:
         flip: bool = False,
         progress: ProgressFn | None = None,
         should_stop: ShouldStop | None = None,
-    ) -> list[np.ndarray]:
+        spread: bool = False,
+    ) -> list:
         """Probabilities for several queries sharing one support set, batched.
 
         ``should_stop``: checked between forward passes (``model.cancel``); raises ``Cancelled`` when True.
 
         Returns:
-            One (K, H_i, W_i) float32 array in [0, 1] per query (B in all).
+            One (K, H_i, W_i) float32 array in [0, 1] per query (B in all); ``spread``: (probs, std) pairs.
         """
         shapes, prepared = [], []
         for i, q in enumerate(queries):
             gray = to_gray(q, field="query" if len(queries) == 1 else f"query[{i}]")  # (H_i, W_i)
             shapes.append(gray.shape)
             prepared.append(prepare_gray(gray, self.size, self.clip_percentiles))
-        probs = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, progress, flip,
-                                      should_stop=should_stop)
+        probs, std = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, progress, flip,
+                                           should_stop=should_stop, spread=True)
         # (B, K, N, N) -> per query (K, H_i, W_i); clamp, not clamp_: at the network's own size resize returns
         # the inference tensor itself, which cannot be changed in place outside inference mode
-        return [resize(p, s).clamp(0, 1).numpy() for p, s in zip(probs, shapes)]
+        out = [resize(p, s).clamp(0, 1).numpy() for p, s in zip(probs, shapes)]
+        std = [None] * len(out) if std is None else [resize(d, s).clamp(0, 0.5).numpy() for d, s in zip(std, shapes)]
+        return list(zip(out, std)) if spread else out
 
     def _subsets(self, n: int, ensemble: int) -> list[torch.Tensor]:
         if ensemble < 1:
@@ -209,7 +212,8 @@ class Segmenter:
     def predict_prepared(
         self, queries: torch.Tensor, supports: list[PreparedSupport], ensemble: int = 1,
         progress: ProgressFn | None = None, flip: bool = False, should_stop: ShouldStop | None = None,
-    ) -> torch.Tensor:
+        spread: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Prepared queries, one prepared support per query -> probabilities at the network's size.
 
         Every (query, label, ensemble member) is one binary task; tasks are stacked into batches whose
@@ -229,7 +233,7 @@ class Segmenter:
             Cancelled: ``should_stop`` said so between two passes.
 
         Returns:
-            probs: (B, K, N, N) float32 in [0, 1], on the CPU.
+            probs: (B, K, N, N) float32 in [0, 1], on the CPU; ``spread``: (probs, the members' std or None).
         """
         tasks = []  # (query index, label index, support images (S', N, N), support masks (S', N, N), mirrored)
         for qi, sup in enumerate(supports):
@@ -240,6 +244,7 @@ class Segmenter:
         n_labels = len(supports[0].labels)
         out = torch.zeros(len(supports), n_labels, self.size, self.size)
         counts = torch.zeros(len(supports), n_labels, 1, 1)
+        squares = torch.zeros_like(out) if spread else None  # sum of the members' squares: their std, no copies
         done_queries = 0
         start = 0
         limit = self.max_batch_items  # query x support items per pass; shrunk to about CHUNK_S of work
@@ -263,6 +268,8 @@ class Segmenter:
             for (qi, li, _, _, _), pi in zip(chunk, p):
                 out[qi, li] += pi
                 counts[qi, li] += 1
+                if squares is not None:
+                    squares[qi, li] += pi * pi
             per_item = (time.perf_counter() - began) / (len(chunk) * s)
             limit = int(min(self.max_batch_items, max(s, CHUNK_S / max(per_item, 1e-9))))
             start = stop
@@ -272,7 +279,11 @@ class Segmenter:
                 if now > done_queries:
                     done_queries = now
                     progress(done_queries, len(supports))
-        return out / counts.clamp_min(1)
+        mean = out / counts.clamp_min(1)
+        if squares is None:
+            return mean
+        many = counts.numel() and float(counts.max()) > 1  # members: subsets x mirrors; one member has no std
+        return mean, (squares / counts.clamp_min(1) - mean * mean).clamp_min(0).sqrt() if many else None
 
     @torch.inference_mode()
     def predict_torch(
