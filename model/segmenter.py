@@ -21,7 +21,7 @@ from model import cancel, volume_plan
 from model import volume as volumes
 from model.cancel import CHUNK_S, ShouldStop
 from model.network import UniverSegNet, count_parameters
-from model.support import MAX_POOL, PreparedSupport, merge_labels, prepare_support
+from model.support import MAX_POOL, PreparedSupport, check_at_once, merge_labels, prepare_support
 from model.volume import VolumeSupport
 from model.weights import load_model
 
@@ -39,8 +39,7 @@ class Segmenter:
         net: the network (eval mode).
         device: where to run it; defaults to the network's device.
         max_support: the most support items the network takes at once (defaults to the network config's).
-        max_pool: the most items a 2D support set may hold (a large prompt; ``model.retrieval`` picks what a
-            query uses); default ``model.support.MAX_POOL`` (512), at least ``max_support``.
+        max_pool: the most items a 2D support set may hold (default 512; ``model.retrieval`` picks per query).
         max_labels: the most distinct labels a support set may hold (None: no limit); each label is a pass.
         clip_percentiles: clip intensities to these percentiles before min-max (e.g. (0.5, 99.5) for CT/MR);
             None for plain min-max.
@@ -186,6 +185,7 @@ class Segmenter:
         Returns:
             One (K, H_i, W_i) float32 array in [0, 1] per query (B in all); ``spread``: (probs, std) pairs.
         """
+        check_at_once(support.size, self.max_support)  # a larger set is a pool: model.retrieval picks from it
         shapes, prepared = [], []
         for i, q in enumerate(queries):
             gray = to_gray(q, field="query" if len(queries) == 1 else f"query[{i}]")  # (H_i, W_i)

@@ -70,6 +70,14 @@ def check_support_counts(n_images: int, n_masks: int, max_support: int) -> None:
                          field="support_images", code="too_many_support_items")
 
 
+def check_at_once(n_items: int, max_support: int) -> None:
+    """Raises "too_many_support_items" when a support set holds more items than the model takes at once."""
+    if n_items > max_support:
+        raise InputError(f"{n_items} support items exceed the {max_support} the model takes at once; choose "
+                         "support_size of them (select=similar or random, model.retrieval)", field="support_images",
+                         code="too_many_support_items")
+
+
 def label_set(masks: Sequence[np.ndarray], max_labels: int | None) -> tuple[int, ...]:
     """The support masks' label values, computed once.
 

@@ -3,6 +3,8 @@ support_size on /segment (JSON, headers, jobs), the defaults, and the 4xx that n
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import pytest
 from testkit.inputs import ball_volume, disk_pair, nifti, png, support_files
@@ -103,3 +105,20 @@ def test_prompt_memory_is_priced_before_preparing(make_client, rng):
     response = client.post("/prompts", files=support_files(rng, 70, size=(8, 8)))
     assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
     assert client.post("/prompts", files=support_files(rng, 10, size=(8, 8))).status_code == 201
+
+
+@pytest.mark.parametrize("backend", ["disk", "redis"])
+def test_a_512_item_prompt_in_both_stores(make_client, request, rng, tmp_path, backend):
+    settings = {"data_dir": tmp_path / "data"}
+    if backend == "redis":
+        settings.update(redis_url=request.getfixturevalue("redis_server").url, redis_prefix=f"test-{uuid.uuid4().hex}")
+    client = make_client(**settings)
+    prompt = _store(client, rng, 512)
+    assert prompt["support_size"] == 512
+    # 512 items x (image + 1 label) x 32 x 32 float32, plus the npz framing
+    assert 512 * 2 * 32 * 32 * 4 < prompt["bytes"] < 512 * 2 * 32 * 32 * 4 * 1.1
+    too_many = client.post("/prompts", files=support_files(rng, 513, size=(8, 8)))
+    assert too_many.status_code == 422 and too_many.json()["error"]["code"] == "too_many_support_items"
+    body = client.post("/segment", files=_query(rng), data={"prompt_id": prompt["id"], "support_size": "16",
+                                                            "output": "json"}).json()
+    assert body["selection"] == {"select": "similar", "support_size": 16, "pool": 512}
