@@ -55,3 +55,19 @@ def test_support_never_shares_the_query_patient(tmp_path):
     assert all(0.0 <= r["dice"] <= 1.0 and r["seconds"] >= 0 for r in rows)
     assert all(r["dice"] == 0.0 for r in rows if r["method"] == "spy")  # an empty prediction of a disc
     assert "spy" in summary_table(rows, [1, 4]) and "s / prediction" in latency_table(rows, [1, 4])
+
+
+def test_selection_eval_runs_every_method_on_the_same_pools(tmp_path, tiny_net):
+    from model.evaluate_select import evaluate_selection, selection_means, selection_table
+    from model.segmenter import Segmenter
+
+    folder = _folder(tmp_path, [f"{100 + i}_1_1" for i in range(12)])
+    rows = evaluate_selection(Segmenter(tiny_net), folder, ("ds",), [2, 4], pool_size=6, n_queries=3, seed=0,
+                              progress=False)
+    methods = {(r["method"], r["support_size"]) for r in rows}
+    assert methods == {(m, k) for m in ("similar", "random", "similar ens4", "random ens4") for k in (2, 4)} | {
+        ("all", 6)}
+    assert all(r["n"] == 3 and r["pool"] == 6 and 0.0 <= r["dice"] <= 1.0 for r in rows)
+    table = selection_table(rows, [2, 4])
+    assert "similar ens4" in table and "all (pool)" in table and table.count("mean over datasets") == 2
+    assert set(selection_means(rows)) == methods
