@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     )
     docs: bool = Field(True, description="serve /docs and /openapi.json (they hold no data and need no key)")
     max_support: int = Field(64, ge=1, description="most support items the model takes at once for one query "
-                             "(capped by the model's); a larger support set needs support_size and select")
+                             "(capped by the model's); from a larger set (a prompt) each query uses support_size "
+                             "items, chosen by select")
     max_prompt_support: int = Field(
         512, ge=1, description="most support items a stored prompt (or an inline support set) may hold; the model "
         "takes at most ICSEG_MAX_SUPPORT of them per query (select=similar|random, support_size)")
