@@ -25,12 +25,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data.io import read_image, read_mask  # noqa: E402
+from model import volume as volumes  # noqa: E402
+from model import volume_run  # noqa: E402
 from model.segmenter import Segmenter  # noqa: E402
+from model.volume_plan import VolumeOptions  # noqa: E402
 
 BRATS = ROOT.parent / "shared" / "datasets" / "brats_deepmedic"
-CONFIGS = {
-    "old": {"support_slices": 64, "skip_margin": None},  # 16 per volume x 4 volumes, every slice
+CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16": CPU bf16 autocast
+    "old": {"support_slices": 64, "skip_margin": None, "coarse": 1},  # 16 per volume x 4 volumes, every slice
+    "prev": {"support_slices": 16, "skip_margin": 0.1, "coarse": 1, "floor": 1},  # the first defaults
     "new": {},  # the defaults
+    "b16": {"support_slices": 16, "skip_margin": 0.1, "coarse": 1},  # prev + passes of >= 64 support items
+    "b16+c2": {"support_slices": 16, "skip_margin": 0.1, "coarse": 2},
+    "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
+    "b8+c2": {"support_slices": 8, "skip_margin": 0.1, "coarse": 2},
+    "b16+m0.05": {"support_slices": 16, "skip_margin": 0.05, "coarse": 1},
     "new+cascade": {"cascade": True},
     "s8": {"support_slices": 8},
     "m0.05": {"skip_margin": 0.05},
@@ -96,6 +105,10 @@ def main() -> None:
                         help="BraTS cases used as support volumes (the query's own case is left out)")
     parser.add_argument("--configs", nargs="+", default=["old", "new"], choices=sorted(CONFIGS))
     parser.add_argument("--query-step", type=int, default=1, help="keep every k-th query slice")
+    parser.add_argument("--old-step", type=int, default=1,
+                        help="'old' only: run every m-th of the kept query slices and scale its seconds by the "
+                        "slices kept / run (its cost is linear in slices: every slice, every label, the same S); "
+                        "the 'on old's slices' Dice columns compare every config on those slices")
     parser.add_argument("--folder", type=Path, default=None,
                         help="instead of BraTS: a 2D set whose images/ and masks/ are <case>_<slice>.png, rebuilt "
                         "into one small volume per case (--queries and --support name cases)")
@@ -122,35 +135,50 @@ def main() -> None:
     rows = []
     for name, (volume, truth) in queries.items():
         volume, truth = volume[..., :: args.query_step], truth[..., :: args.query_step]
+        sub = np.arange(0, volume.shape[2], args.old_step)  # the slices 'old' runs
         for config in args.configs:
             prepared.cache.clear()  # every configuration prepares its own support slices
+            query = volume[..., sub] if config == "old" else volume
             options = dict(CONFIGS[config])
-            plain = segmenter.predict_torch
+            plain, floor = segmenter.predict_torch, volume_run.MIN_PASS_ITEMS
             if options.pop("bf16", False):
                 segmenter.predict_torch = bf16(segmenter)
+            volume_run.MIN_PASS_ITEMS = options.pop("floor", floor)
             start = time.perf_counter()
             try:
-                result = segmenter.predict_volume_result(volume, support=prepared, **options)
+                result = volumes.predict_with_volumes(segmenter, query, prepared, VolumeOptions(**options))
             finally:
-                segmenter.predict_torch = plain
+                segmenter.predict_torch, volume_run.MIN_PASS_ITEMS = plain, floor
             seconds = time.perf_counter() - start
-            per_label = [dice(result.mask == lab, truth == lab) for lab in labels]
-            rows.append({"query": name, "config": config, "seconds": seconds, "tasks": result.tasks,
-                         "skipped": len(result.skipped), "slices": result.slices,
-                         "wt": dice(result.mask > 0, truth > 0), "labels": per_label,
-                         "mean": float(np.mean(per_label))})
-            print(f"  {name} {config}: {seconds:.1f} s", flush=True)
+            scale = volume.shape[2] / query.shape[2]  # 1 but for 'old' with --old-step
+            mask = np.zeros(truth.shape, result.mask.dtype)
+            mask[..., sub if config == "old" else slice(None)] = result.mask
+            per_label = [dice(mask == lab, truth == lab) for lab in labels]
+            on_sub = [dice(mask[..., sub] == lab, truth[..., sub] == lab) for lab in labels]
+            rows.append({"query": name, "config": config, "seconds": seconds * scale, "run_s": seconds,
+                         "tasks": result.tasks, "skipped": len(result.skipped), "slices": result.slices,
+                         "wt": dice(mask > 0, truth > 0), "labels": per_label, "mean": float(np.mean(per_label)),
+                         "wt_sub": dice(mask[..., sub] > 0, truth[..., sub] > 0), "mean_sub": float(np.mean(on_sub))})
+            print(f"  {name} {config}: {seconds:.1f} s ({result.tasks} tasks); Dice WT {rows[-1]['wt']:.3f}, mean "
+                  f"{rows[-1]['mean']:.3f}; on old's slices {rows[-1]['wt_sub']:.3f}, {rows[-1]['mean_sub']:.3f}",
+                  flush=True)
 
     head = " | ".join(f"Dice {lab}" for lab in labels)
-    print(f"\n| query | config | seconds | speed-up vs old | tasks | skipped slices | Dice WT | {head} | mean Dice |")
-    print("|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(labels) + "---:|")
+    print(f"\n| query | config | seconds | speed-up vs old | tasks | skipped slices | Dice WT | {head} | mean Dice | "
+          f"Dice WT on old's slices | mean Dice on old's slices |")
+    print("|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(labels) + "---:|---:|---:|")
     for row in rows:
         old = next((r for r in rows if r["query"] == row["query"] and r["config"] == "old"), None)
         speed = f"{old['seconds'] / row['seconds']:.1f}x" if old else "-"
         cells = " | ".join(f"{d:.3f}" for d in row["labels"])
-        print(f"| {row['query']} | {row['config']} | {row['seconds']:.1f} | {speed} | {row['tasks']} | "
-              f"{row['skipped']}/{row['slices']} | {row['wt']:.3f} | {cells} | {row['mean']:.3f} |")
-
+        seconds = f"{row['seconds']:.1f}"
+        if row["seconds"] != row["run_s"]:
+            seconds += f" ({row['run_s']:.1f} s for {row['slices']} slices)"
+        dice_cells = f"{row['wt']:.3f} | {cells} | {row['mean']:.3f}"
+        if args.old_step > 1 and row["config"] == "old":
+            dice_cells = " | ".join(["-"] * (len(labels) + 2))  # it ran only old's slices
+        print(f"| {row['query']} | {row['config']} | {seconds} | {speed} | {row['tasks']} | "
+              f"{row['skipped']}/{row['slices']} | {dice_cells} | {row['wt_sub']:.3f} | {row['mean_sub']:.3f} |")
 
 if __name__ == "__main__":
     main()

@@ -324,6 +324,7 @@ class Segmenter:
         support_slices: int | None = None,
         skip_margin: float | None = volume_plan.DEFAULT_SKIP_MARGIN,
         cascade: bool = False,
+        support_positions: Sequence[float] | None = None,
         ensemble: int = 1,
         threshold: float = 0.5,
         probs: bool = False,
@@ -346,6 +347,7 @@ class Segmenter:
             support_slices: support slices per task, in all (None: 16, capped by ``max_support``).
             skip_margin: relative depth (0-1) beyond the labelled ranges that still runs; None: no skipping.
             cascade: confident neighbouring predictions join the support of the next slices, outward.
+            support_positions: a 2D support set's relative depth (0-1) per pair; far slices skip (``model.volume``).
             probs: also return the (K, *query shape) probabilities.
             slices_per_volume: the earlier knob: support slices per volume (``support_slices`` = this x S).
             progress: called with (slices done, total slices), skipped slices counted as done; it may raise
@@ -366,7 +368,8 @@ class Segmenter:
                 raise InputError(f"{support_slices} support slices exceed {self.max_support}",
                                  field="slices_per_volume")
         options = volume_plan.VolumeOptions(support_slices=support_slices, ensemble=ensemble, axis=axis,
-                                            skip_margin=skip_margin, cascade=cascade, threshold=threshold)
+                                            skip_margin=skip_margin, cascade=cascade, threshold=threshold,
+                                            support_positions=support_positions)
         if isinstance(support, VolumeSupport):
             return volumes.predict_with_volumes(self, query_volume, support, options, progress, probs)
         return volumes.predict_with_2d_support(self, query_volume, support, options, progress, probs)

@@ -16,6 +16,7 @@ import numpy as np
 
 from data.errors import InputError
 from data.preprocess import normalize
+from model import volume_plan as plan
 from model import volume_run
 from model.support import PreparedSupport, check_support_counts, label_set, merge_labels
 from model.volume_plan import VolumeOptions
@@ -84,39 +85,63 @@ def prepare_volume_support(
 def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: PreparedSupport,
                             options: VolumeOptions, progress: ProgressFn | None = None,
                             want_probs: bool = False, min_area: float | None = None) -> VolumeResult:
-    """Every slice along ``axis`` segmented with one 2D support set, SLICE_CHUNK slices per call.
+    """Every slice along ``axis`` segmented with one 2D support set, in calls sized to ~PROGRESS_EVERY_S.
 
-    A 2D support set carries no position, so every slice runs; a label whose predicted area on a slice is
-    below ``min_area`` (a fraction of the slice; None: ``MIN_AREA_2D``) is cleared there: the same support on
-    a slice without the structure otherwise labels a few faint blobs.
+    With ``options.support_positions`` (each pair's relative depth), a label runs only on the query slices
+    within ``options.skip_margin`` of the span of the positions of the pairs holding it; a slice where no label
+    runs is skipped (background, not run). Without positions every slice runs. Then a label whose predicted
+    area on a slice is below ``min_area`` (a fraction of the slice; None: ``MIN_AREA_2D``) is cleared there:
+    the same support on a slice without the structure otherwise labels a few faint blobs.
     """
     if not 0.0 <= options.threshold <= 1.0:
         raise InputError(f"threshold must be in [0, 1], got {options.threshold}", field="threshold")
     min_area = MIN_AREA_2D if min_area is None else min_area
     slices = np.moveaxis(volume, options.axis, 0)  # (D, H, W)
     depth = slices.shape[0]
+    run = _position_runs(support, options, depth)  # (K, D)
+    todo = np.flatnonzero(run.any(axis=0))  # the slices that run for some label
+    skipped = [int(i) for i in np.flatnonzero(~run.any(axis=0))]
     out_probs = np.zeros((len(support.labels), *slices.shape), dtype=np.float32)  # (K, D, H, W)
     if progress is not None:
-        progress(0, depth)
+        progress(len(skipped), depth)
     first, step = 0, 1  # the first call is one slice: it times the model, then calls last ~PROGRESS_EVERY_S
-    while first < depth:
-        chunk = list(slices[first:first + step])
+    while first < todo.size:
+        chunk = todo[first:first + step]
         inner = None
         if progress is not None:
             def inner(done, _total, first=first):
-                progress(first + done, depth)
+                progress(len(skipped) + first + done, depth)
         began = time.perf_counter()
-        probs = segmenter.predict_many(chunk, support, ensemble=options.ensemble, progress=inner)  # (K, H, W) each
-        out_probs[:, first:first + len(chunk)] = np.stack(probs, axis=1)
+        probs = segmenter.predict_many(list(slices[chunk]), support, ensemble=options.ensemble,
+                                       progress=inner)  # (K, H, W) each
+        out_probs[:, chunk] = np.stack(probs, axis=1)
         per_slice = (time.perf_counter() - began) / len(chunk)
         first += len(chunk)
         step = int(np.clip(volume_run.PROGRESS_EVERY_S / max(per_slice, 1e-6), 1, SLICE_CHUNK))
+    out_probs[~run] = 0.0  # a label outside its pairs' positions, on a slice another label ran
     area = (out_probs >= options.threshold).mean(axis=(2, 3))  # (K, D)
     out_probs[area < min_area] = 0.0
     mask = merge_labels(out_probs, support.labels, options.threshold)
+    mask[skipped] = 0  # background even at threshold 0
     probs = np.moveaxis(out_probs, 1, options.axis + 1) if want_probs else None
-    return VolumeResult(np.moveaxis(mask, 0, options.axis), support.labels, [], depth, probs,
-                        depth * len(support.labels), {"support_slices": None, "skip_margin": None, "cascade": False})
+    positions = None if options.support_positions is None else [float(p) for p in options.support_positions]
+    return VolumeResult(np.moveaxis(mask, 0, options.axis), support.labels, skipped, depth, probs,
+                        int(todo.size) * len(support.labels),
+                        {"support_slices": None, "skip_margin": options.skip_margin if positions else None,
+                         "cascade": False, "support_positions": positions})
+
+
+def _position_runs(support: PreparedSupport, options: VolumeOptions, depth: int) -> np.ndarray:
+    """(K, D) bool: which query slices run for which label, from the 2D pairs' positions (all without)."""
+    if options.support_positions is None:
+        return np.ones((len(support.labels), depth), dtype=bool)
+    options.check_positions()
+    if len(options.support_positions) != support.size:
+        raise InputError(f"support_positions has {len(options.support_positions)} values for {support.size} support "
+                         "pairs; give one relative depth (0-1) per pair, in their order", field="support_positions")
+    holds = (support.masks.flatten(2) > 0).any(dim=2).tolist()  # (K, S): pair s holds label k
+    ranges = plan.position_ranges(tuple(float(p) for p in options.support_positions), holds)
+    return plan.runs(depth, ranges, options.skip_margin)
 
 
 def predict_with_volumes(segmenter: Segmenter, volume: np.ndarray, support: VolumeSupport,

@@ -8,6 +8,7 @@ v's slice j of D_v at j / (D_v - 1). Letters: D slices, K labels, S support item
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from data.errors import InputError
 
 DEFAULT_SUPPORT_SLICES = 16  # per query slice and label, in all: ~1 s of CPU per task for the v1 shape
 DEFAULT_SKIP_MARGIN = 0.1  # relative depth beyond every support volume's labelled range that still runs
+DEFAULT_COARSE = 1  # coarse-to-fine stride: 1 runs every slice in range (see ``coarse`` and bench_volume.py)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class VolumeOptions:
         cascade: confident predictions of already segmented neighbouring slices join the support of the next
             slices, outward from the support's labelled range (in-context cascade, arXiv 2412.13299).
         threshold: probability at which a voxel gets a label.
+        support_positions: 2D support over a volume: each support pair's relative depth (0-1) along the axis;
+            query slices farther than ``skip_margin`` from every position of a pair holding a label (outside
+            their span) are not run for it. None: every slice runs.
+        coarse: coarse-to-fine stride (without the cascade): per label, every ``coarse``-th running slice
+            runs first (and each run's two ends); a slice between two of them runs only when one of the two
+            has foreground, the others are background. 1 runs every slice in range.
     """
 
     support_slices: int | None = None
@@ -40,6 +48,8 @@ class VolumeOptions:
     skip_margin: float | None = DEFAULT_SKIP_MARGIN
     cascade: bool = False
     threshold: float = 0.5
+    coarse: int = DEFAULT_COARSE
+    support_positions: Sequence[float] | None = None
 
     def budget(self, max_support: int) -> int:
         """The support slices per task, checked against the model's limit (raises InputError)."""
@@ -56,11 +66,31 @@ class VolumeOptions:
             raise InputError(f"axis must be 0, 1 or 2, got {self.axis}", field="axis")
         if not 1 <= self.ensemble <= 16:
             raise InputError(f"ensemble must be between 1 and 16, got {self.ensemble}", field="ensemble")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise InputError(f"threshold must be in [0, 1], got {self.threshold}", field="threshold")
+        if not 1 <= self.coarse <= 16:
+            raise InputError(f"coarse must be between 1 and 16 (slices), got {self.coarse}", field="coarse")
+        self.check_positions()
+
+    def check_positions(self) -> None:
+        """Raises InputError for a skip margin or a support position out of range (the 2D path's options)."""
         if self.skip_margin is not None and not 0.0 <= self.skip_margin <= 1.0:
             raise InputError(f"skip_margin must be between 0 and 1 (relative depth), got {self.skip_margin}",
                              field="skip_margin")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise InputError(f"threshold must be in [0, 1], got {self.threshold}", field="threshold")
+        for p in self.support_positions or ():
+            if isinstance(p, bool) or not (isinstance(p, int | float) and np.isfinite(p) and 0.0 <= p <= 1.0):
+                raise InputError("support_positions must be relative depths between 0 and 1 (0: first slice, 1: "
+                                 f"last), one per support pair; got {p!r}", field="support_positions")
+
+
+def position_ranges(positions: tuple[float, ...], holds: list[list[bool]]) -> list[list[tuple]]:
+    """Per label, the span (first, last) of the relative depths of the 2D support pairs holding it (as
+    ``labelled_ranges`` for volumes); ``holds[k][s]``: pair s holds label k."""
+    out = []
+    for row in holds:
+        at = [p for p, h in zip(positions, row) if h]
+        out.append([(min(at), max(at))] if at else [])
+    return out
 
 
 def relative(index: np.ndarray | int, depth: int) -> np.ndarray:
@@ -95,6 +125,36 @@ def runs(depth: int, ranges: list[list[tuple]], margin: float | None) -> np.ndar
         for lo, hi in label_ranges:
             keep |= (pos >= lo - margin - 1e-9) & (pos <= hi + margin + 1e-9)
         out[li] = keep
+    return out
+
+
+def _segments(row: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of every run of True in a 1D bool array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], row.astype(np.int8), [0]])))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def coarse_slices(run: np.ndarray, stride: int) -> np.ndarray:
+    """(K, D) bool: the slices a coarse-to-fine pass runs first: in every run of slices of a label, its first
+    slice, every ``stride``-th after it and its last."""
+    out = np.zeros_like(run, dtype=bool)
+    for li, row in enumerate(run):
+        for lo, hi in _segments(row):
+            out[li, lo:hi + 1:stride] = True
+            out[li, hi] = True
+    return out
+
+
+def fine_slices(run: np.ndarray, first: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """(K, D) bool: the running slices left after the coarse ones (``first``) that still run: those between
+    two coarse slices of the same run of which at least one has ``foreground`` (K, D)."""
+    out = np.zeros_like(run, dtype=bool)
+    for li in range(run.shape[0]):
+        for lo, hi in _segments(run[li]):
+            anchors = lo + np.flatnonzero(first[li, lo:hi + 1])  # ascending; holds lo and hi
+            for a, b in zip(anchors[:-1], anchors[1:]):
+                if b - a > 1 and (foreground[li, a] or foreground[li, b]):
+                    out[li, a + 1:b] = True
     return out
 
 

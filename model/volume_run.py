@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 ProgressFn = Callable[[int, int], None]
 PROGRESS_EVERY_S = 2.0  # a forward pass is sized to take about this long, so progress never sits still
+# ... but never to fewer support items (tasks x S) than this: a CPU pass of 16 items costs about as much as one
+# of 32 and a task in a pass of 64 or more costs half of one alone (bench_volume.py; docs/performance.md)
+MIN_PASS_ITEMS = 64
 CONFIDENT = 0.7  # cascade: a neighbour joins the support when its foreground's mean probability reaches this
 MIN_AREA = 0.002  # cascade: ... and its foreground covers at least this fraction of the slice
 
@@ -118,10 +121,25 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
             queries[i] = resize(torch.from_numpy(query[i]), (size, size))
         return queries[i]
 
-    if not options.cascade:
-        waves = [[(i, li, None) for i in range(depth) for li in range(n_labels) if run[li, i]]]
-    else:
+    def coarse_to_fine():
+        """The coarse slices, then those between two coarse slices of which one found the structure; the rest
+        are background (done without running)."""
+        first = plan.coarse_slices(run, options.coarse)
+        yield [(i, li, None) for i in range(depth) for li in range(n_labels) if first[li, i]]
+        foreground = ran & (net_probs >= options.threshold).any(axis=(2, 3))  # (K, D)
+        then = plan.fine_slices(run, first, foreground)
+        for li, i in zip(*np.nonzero(run & ~first & ~then)):
+            run[li, i] = False
+            tracker.done(int(i))
+        tracker.report()
+        yield [(i, li, None) for i in range(depth) for li in range(n_labels) if then[li, i]]
+
+    if options.cascade:
         waves = _cascade_waves(run, plan.core(depth, ranges))
+    elif options.coarse > 1:
+        waves = coarse_to_fine()
+    else:
+        waves = [[(i, li, None) for i in range(depth) for li in range(n_labels) if run[li, i]]]
     for wave in waves:
         tasks = []
         for i, li, neighbour in wave:
@@ -146,7 +164,8 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
     mask[skipped] = 0  # background even at threshold 0
     return VolumeResult(mask, support.labels, skipped, depth,
                         out if want_probs else None, int(ran.sum()),
-                        {"support_slices": budget, "skip_margin": options.skip_margin, "cascade": options.cascade})
+                        {"support_slices": budget, "skip_margin": options.skip_margin, "cascade": options.cascade,
+                         "coarse": 1 if options.cascade else options.coarse})
 
 
 def _confident(probs: np.ndarray, threshold: float) -> bool:
@@ -174,24 +193,41 @@ def _cascade_waves(run: np.ndarray, start: np.ndarray):
 
 
 class _Batches:
-    """Runs tasks in forward passes sized to take about ``PROGRESS_EVERY_S`` seconds (at most the segmenter's
-    ``max_batch_items``), reporting each finished slice."""
+    """Runs tasks in forward passes sized to take about ``PROGRESS_EVERY_S`` seconds, yet of at least
+    ``MIN_PASS_ITEMS`` support items (at most the segmenter's ``max_batch_items``), reporting each finished
+    slice."""
 
     def __init__(self, segmenter: Segmenter, budget: int):
         self.segmenter = segmenter
         self.limit = max(1, segmenter.max_batch_items // budget)
-        self.size = 1  # the first pass times the model; the next ones are sized from it
+        self.floor = int(np.clip(-(-MIN_PASS_ITEMS // budget), 1, self.limit))
+        self.size = self.floor  # the first pass times the model; the next ones are sized from it
         self.every = PROGRESS_EVERY_S
+
+    def forward(self, chunk, queries, ensemble) -> torch.Tensor:
+        """(B, N, N) probabilities of a chunk of tasks. One support subset: a single forward pass of the
+        whole chunk (``predict_prepared`` would split it into ~1 s passes, which on a CPU means one task per
+        pass at twice the cost per task); an ensemble goes through ``predict_prepared``."""
+        q = torch.stack([queries[i] for i, _, _ in chunk])  # (B, N, N)
+        supports = [s for _, _, s in chunk]
+        if ensemble > 1:
+            return self.segmenter.predict_prepared(q, supports, ensemble)[:, 0]
+        out = torch.empty(q.shape)
+        for size in {s.size for s in supports}:  # one pass per support size (a label with few slices: fewer)
+            rows = [b for b, s in enumerate(supports) if s.size == size]
+            images = torch.stack([supports[b].images for b in rows]).unsqueeze(2)  # (B', S, 1, N, N)
+            masks = torch.stack([supports[b].masks[0] for b in rows]).unsqueeze(2)  # (B', S, 1, N, N)
+            out[rows] = self.segmenter.predict_torch(q[rows].unsqueeze(1), images, masks)[:, 0]
+        return out
 
     def run(self, tasks, queries, ensemble, tracker):
         start = 0
         while start < len(tasks):
             chunk = tasks[start:start + self.size]
             began = time.perf_counter()
-            q = torch.stack([queries[i] for i, _, _ in chunk])  # (B, N, N)
-            probs = self.segmenter.predict_prepared(q, [s for _, _, s in chunk], ensemble)[:, 0]  # (B, N, N)
+            probs = self.forward(chunk, queries, ensemble)  # (B, N, N)
             per_task = (time.perf_counter() - began) / len(chunk)
-            self.size = int(np.clip(self.every / max(per_task, 1e-6), 1, self.limit))
+            self.size = int(np.clip(self.every / max(per_task, 1e-6), self.floor, self.limit))
             for (i, li, s), p in zip(chunk, probs):
                 tracker.done(i)
                 yield (i, li, s), p.numpy()

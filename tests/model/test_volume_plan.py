@@ -76,6 +76,8 @@ def test_cascade_order_goes_outward_from_the_start():
     (plan.VolumeOptions(ensemble=0), "ensemble"),
     (plan.VolumeOptions(axis=3), "axis"),
     (plan.VolumeOptions(threshold=2.0), "threshold"),
+    (plan.VolumeOptions(coarse=0), "coarse"),
+    (plan.VolumeOptions(coarse=17), "coarse"),
 ])
 def test_bad_options_name_their_field(options, field):
     with pytest.raises(InputError) as info:
@@ -92,3 +94,25 @@ def test_cascade_starts_in_the_middle_of_the_labelled_range():
     start = plan.core(21, [[(0.4, 0.8), (0.2, 0.6)], []])  # mean centre 0.5, mean half-width 0.2 -> 0.4..0.6
     assert list(np.flatnonzero(start[0])) == [8, 9, 10, 11, 12]
     assert not start[1].any()
+
+
+def test_coarse_slices_take_every_kth_and_both_ends_of_each_run():
+    run = np.zeros((2, 14), bool)
+    run[0, 2:11] = True  # one run, 2..10
+    run[1, 0:3] = run[1, 6:8] = True  # two runs
+    first = plan.coarse_slices(run, 3)
+    assert list(np.flatnonzero(first[0])) == [2, 5, 8, 10]
+    assert list(np.flatnonzero(first[1])) == [0, 2, 6, 7]
+    assert (plan.coarse_slices(run, 1) == run).all()  # stride 1: every running slice is coarse
+
+
+def test_fine_slices_run_only_next_to_a_coarse_slice_with_foreground():
+    run = np.zeros((1, 14), bool)
+    run[0, 2:11] = True
+    first = plan.coarse_slices(run, 3)  # 2, 5, 8, 10
+    foreground = np.zeros((1, 14), bool)
+    foreground[0, 8] = True  # the structure was found on coarse slice 8 only
+    then = plan.fine_slices(run, first, foreground)
+    assert list(np.flatnonzero(then[0])) == [6, 7, 9]  # the gaps 5..8 and 8..10; gap 2..5 stays background
+    assert not plan.fine_slices(run, first, np.zeros_like(foreground)).any()
+    assert (plan.fine_slices(run, first, run) == (run & ~first)).all()  # found everywhere: every slice runs

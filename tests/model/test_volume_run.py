@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from data.errors import InputError
+from model import volume as volumes
 from model import volume_run
 from model.segmenter import Segmenter
+from model.volume_plan import VolumeOptions
 
 
 @pytest.fixture
@@ -82,6 +85,7 @@ def test_progress_moves_several_times_per_chunk_of_a_slow_model(segmenter, rng, 
 
     monkeypatch.setattr(segmenter, "predict_torch", slow)
     monkeypatch.setattr(volume_run, "PROGRESS_EVERY_S", 0.05)
+    monkeypatch.setattr(volume_run, "MIN_PASS_ITEMS", 1)  # the efficiency floor is tested on its own below
     stamps = []
     segmenter.predict_volume_result(query, images, masks, support_slices=2, skip_margin=None,
                                     progress=lambda d, t: stamps.append((time.perf_counter(), d, t)))
@@ -139,3 +143,81 @@ def test_cascade_stops_where_the_structure_ends(segmenter, rng, monkeypatch):
     cascade = segmenter.predict_volume_result(query, images, masks, support_slices=4, skip_margin=0.3, cascade=True)
     assert cascade.tasks < plain.tasks
     assert not cascade.mask.any()
+
+
+def test_passes_hold_at_least_the_minimum_of_support_items(segmenter, rng, monkeypatch):
+    """A slow CPU must not shrink passes to one task: a task alone costs about twice one in a full pass."""
+    query, _ = _ball_volume(rng, 16, (2, 14))
+    images, masks = _support(rng)
+    batches = []
+    original = segmenter.predict_torch
+
+    def slow(q, si, sm):
+        batches.append(q.shape[0] * si.shape[1])
+        time.sleep(0.05 * q.shape[0])  # far above PROGRESS_EVERY_S per pass: the time rule alone gives 1 task
+        return original(q, si, sm)
+
+    monkeypatch.setattr(segmenter, "predict_torch", slow)
+    monkeypatch.setattr(volume_run, "PROGRESS_EVERY_S", 0.01)
+    monkeypatch.setattr(volume_run, "MIN_PASS_ITEMS", 8)
+    segmenter.predict_volume_result(query, images, masks, support_slices=2, skip_margin=None)
+    assert sum(batches) == 16 * 2 * 2 and min(batches) >= 8  # 32 tasks of 2 support items, 4 tasks a pass
+
+
+def test_coarse_to_fine_runs_fewer_tasks_for_the_same_mask(segmenter, rng, monkeypatch):
+    """A model that finds the structure exactly where it is (bright query pixels): coarse slices every 3rd,
+    then only the gaps next to a coarse slice with foreground; the structure is longer than the stride, so
+    the mask is that of running every slice."""
+    query, truth = _ball_volume(rng, 30, (8, 22))
+    images, masks = _support(rng)
+    monkeypatch.setattr(segmenter, "predict_torch", lambda q, si, sm: (q > 0.6).float())
+    support = segmenter.prepare_volume_support(images, masks)
+    full = volumes.predict_with_volumes(segmenter, query, support, VolumeOptions(support_slices=4, skip_margin=None))
+    coarse = volumes.predict_with_volumes(segmenter, query, support,
+                                          VolumeOptions(support_slices=4, skip_margin=None, coarse=3))
+    assert (full.mask > 0).any(axis=(0, 1)).tolist() == (truth > 0).any(axis=(0, 1)).tolist()
+    np.testing.assert_array_equal(coarse.mask, full.mask)
+    # per label 0..29: 11 coarse slices; label 1 (slices 8..22) adds the gaps 7..23 minus coarse ones
+    assert coarse.tasks < full.tasks == 60 and coarse.options["coarse"] == 3
+    assert set(coarse.skipped) >= {1, 2, 4, 5, 25, 26, 28}  # far from the structure: never run
+
+
+def test_2d_support_with_positions_skips_slices_far_from_them(segmenter, rng):
+    query, truth = _ball_volume(rng, 21, (8, 12))
+    support = segmenter.prepare_support([query[..., 9], query[..., 11]], [truth[..., 9], truth[..., 11]])
+    # the pairs sit at relative depths 0.45 and 0.55; margin 0.1 -> 0.35..0.65 -> slices 7..13 of 21
+    result = segmenter.predict_volume_result(query, support=support, support_positions=[0.45, 0.55],
+                                             skip_margin=0.1, threshold=0.0)
+    assert result.skipped == list(range(0, 7)) + list(range(14, 21))
+    assert not result.mask[..., result.skipped].any()
+    assert result.tasks == 7 * 2 and result.options["support_positions"] == [0.45, 0.55]
+    plain = segmenter.predict_volume_result(query, support=support, threshold=0.0)
+    assert plain.skipped == [] and plain.tasks == 21 * 2
+    # label 2 is on the second pair only (0.55, so slices 9..13): there both labels are the plain answer;
+    # on slices 7 and 8 label 1 alone
+    np.testing.assert_array_equal(result.mask[..., 9:14], plain.mask[..., 9:14])
+    assert not (result.mask[..., 7:9] == 2).any() and (plain.mask[..., 7:9] == 2).any()
+    never = segmenter.predict_volume_result(query, support=support, support_positions=[0.45, 0.55], skip_margin=None)
+    assert never.skipped == []  # no margin: positions skip nothing
+
+
+def test_2d_positions_are_per_label(segmenter, rng):
+    """A label runs only near the pairs that hold it: label 2 is on the second pair alone (depth 0.9)."""
+    query, truth = _ball_volume(rng, 11, (2, 8))
+    one = np.where(truth[..., 3] == 2, 0, truth[..., 3])  # label 1 only
+    support = segmenter.prepare_support([query[..., 3], query[..., 7]], [one, truth[..., 7]])
+    result = segmenter.predict_volume_result(query, support=support, support_positions=[0.1, 0.9], skip_margin=0.0,
+                                             threshold=0.0, probs=True)
+    # label 1 spans 0.1..0.9 (slices 1..9), label 2 only 0.9 (slice 9)
+    assert result.skipped == [0, 10]
+    assert result.probs[1, ..., 1:9].max() == 0 and result.probs[1, ..., 9].max() > 0
+
+
+@pytest.mark.parametrize("positions,match", [([0.5], "2 support"), ([0.5, 1.5], "between 0 and 1"),
+                                             ([0.5, float("nan")], "between 0 and 1"), ([True, 0.5], "between")])
+def test_bad_positions_name_their_field(segmenter, rng, positions, match):
+    query, truth = _ball_volume(rng, 11, (2, 8))
+    support = segmenter.prepare_support([query[..., 3], query[..., 7]], [truth[..., 3], truth[..., 7]])
+    with pytest.raises(InputError, match=match) as info:
+        segmenter.predict_volume_result(query, support=support, support_positions=positions)
+    assert info.value.field == "support_positions"
