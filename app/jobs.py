@@ -31,7 +31,9 @@ from model.cancel import Cancelled, stop_when
 
 log = logging.getLogger(__name__)
 
-LABEL_KEYS = ("labels_present", "label_names", "segments")  # what a finished job says about its labels
+# what a finished job says about its labels, and how sure it is (app.quality)
+LABEL_KEYS = ("labels_present", "label_names", "segments", "confidence", "low_confidence", "low_confidence_labels",
+              "mismatch", "calibrated", "warnings")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 # progress -> (bytes, media type, ext), or with a fourth item {"volume": what ran, "probs": NIfTI bytes or None}
 JobWork = Callable[[Callable[[int, int], None]], tuple]
@@ -58,6 +60,7 @@ class Job:
     extension: str | None = None
     volume: dict | None = None  # a volume job's metadata once done: slices, skipped, tasks, options
     probs_path: Path | None = None  # output=probs: the float NIfTI of per-label probabilities
+    uncertainty_path: Path | None = None  # uncertainty=true: the float NIfTI of per-label uncertainty maps
     owner: str | None = None  # the tenant that submitted it (None: no keys configured)
     label_info: dict | None = None  # once done: labels_present, label_names, segments (app.outputs.label_summary)
     cancel_event: threading.Event = field(default_factory=threading.Event)
@@ -81,6 +84,7 @@ class Job:
             "result": f"/jobs/{self.id}/result" if self.status == "done" else None,
             "volume": self.volume,
             "probs": f"/jobs/{self.id}/probs" if self.status == "done" and self.probs_path else None,
+            "uncertainty": f"/jobs/{self.id}/uncertainty" if self.status == "done" and self.uncertainty_path else None,
             **{key: (self.label_info or {}).get(key) for key in LABEL_KEYS},
         }
 
@@ -113,6 +117,7 @@ class JobManager:
         """Mirror the job's state to disk (atomic rename); a deleted job is not written back."""
         state = {**job.to_dict(), "result_file": job.result_path.name if job.result_path else None,
                  "probs_file": job.probs_path.name if job.probs_path else None,
+                 "uncertainty_file": job.uncertainty_path.name if job.uncertainty_path else None,
                  "media_type": job.media_type, "extension": job.extension, "owner": job.owner}
         with self._lock:
             if job.id not in self._jobs:
@@ -126,8 +131,9 @@ class JobManager:
         self._state_path(job.id).unlink(missing_ok=True)
         if job.result_path is not None:
             job.result_path.unlink(missing_ok=True)
-        if job.probs_path is not None:
-            job.probs_path.unlink(missing_ok=True)
+        for extra in (job.probs_path, job.uncertainty_path):
+            if extra is not None:
+                extra.unlink(missing_ok=True)
 
     def _restore(self) -> None:
         """Read back the jobs of a previous process; unfinished ones become failed (interrupted)."""
@@ -143,6 +149,8 @@ class JobManager:
                           media_type=state.get("media_type"), extension=state.get("extension"),
                           volume=state.get("volume"),
                           probs_path=self.dir / state["probs_file"] if state.get("probs_file") else None,
+                          uncertainty_path=self.dir / state["uncertainty_file"] if state.get("uncertainty_file")
+                          else None,
                           owner=state.get("owner"),
                           label_info={key: state.get(key) for key in LABEL_KEYS} if state.get("segments") else None)
                 if not JOB_ID.fullmatch(job.id) or path.stem != job.id:
@@ -163,7 +171,8 @@ class JobManager:
                 log.warning("a job that was %s when the server stopped is reported failed", was)
             self._jobs[job.id] = job
             self._save(job)
-        known = {job.result_path.name for job in self._jobs.values() if job.result_path is not None}
+        known = {path.name for job in self._jobs.values()  # a job's result, probabilities and uncertainty maps
+                 for path in (job.result_path, job.probs_path, job.uncertainty_path) if path is not None}
         for path in self.dir.iterdir():  # results without a job, temporary files of a crash
             if path.suffix != ".json" and path.name not in known:
                 path.unlink(missing_ok=True)
@@ -219,6 +228,8 @@ class JobManager:
             job.label_info = extra.get("labels")
             if extra.get("probs") is not None:
                 job.probs_path = write_atomic(self.dir / f"{job.id}.probs.nii.gz", extra["probs"])
+            if extra.get("uncertainty") is not None:
+                job.uncertainty_path = write_atomic(self.dir / f"{job.id}.uncertainty.nii.gz", extra["uncertainty"])
             path = write_atomic(self.dir / f"{job.id}{extension}", payload)
             job.result_path, job.media_type, job.extension = path, media_type, extension
             job.done = job.total

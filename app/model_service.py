@@ -22,7 +22,7 @@ from app.errors import Busy
 from app.metrics import Metrics
 from app.settings import Settings
 from data.io import FORMATS
-from model import retrieval
+from model import confidence, retrieval
 from model.cancel import Cancelled, stop_when
 from model.inputs import SupportFiles
 from model.segmenter import PreparedSupport, Segmenter
@@ -50,6 +50,7 @@ class ModelService:
         self._volumes_waiting = 0  # synchronous volumes queued on the model thread; they share the queue bound
         self._lock = threading.Lock()
         self._info = {**segmenter.info(), "formats": list(FORMATS)}
+        self.calibration = confidence.calibration_for(segmenter)  # the low-confidence and mismatch thresholds
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> ModelService:
@@ -115,16 +116,18 @@ class ModelService:
         prepared = retrieval.prepare_query(query, self.size, self.segmenter.clip_percentiles, axis)
         return retrieval.for_query(prepared, support, select, support_size, self.max_support, self.segmenter.seed)
 
-    def _predict_many(self, queries: Sequence[np.ndarray], support: PreparedSupport, ensemble: int) -> list[np.ndarray]:
-        return self.segmenter.predict_many(queries, support, ensemble=ensemble)
+    def _predict_many(self, queries: Sequence[np.ndarray], support: PreparedSupport, ensemble: int) -> list[tuple]:
+        return self.segmenter.predict_many(queries, support, ensemble=ensemble, spread=True)
 
     def predict_blocking(self, query: np.ndarray, support: PreparedSupport, ensemble: int = 1,
-                         progress: Progress | None = None) -> np.ndarray:
-        """(K, H, W) float32 probabilities for one 2D query on the calling thread (a job worker)."""
-        return self.segmenter.predict_many([query], support, ensemble=ensemble, progress=progress)[0]
+                         progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probs, spread) for one 2D query on the calling thread (a job worker): (K, H, W) float32
+        probabilities and the ensemble members' std (None for one member)."""
+        return self.segmenter.predict_many([query], support, ensemble=ensemble, progress=progress, spread=True)[0]
 
-    async def predict(self, query: np.ndarray, support: PreparedSupport, ensemble: int = 1) -> np.ndarray:
-        """Micro-batched on the model thread: (K, H, W) float32 probabilities for one 2D query.
+    async def predict(self, query: np.ndarray, support: PreparedSupport,
+                      ensemble: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+        """Micro-batched on the model thread: (probs, spread) for one 2D query, as ``predict_blocking``.
 
         Raises:
             Busy: 429 ``busy`` when ICSEG_QUEUE_SIZE requests already wait.

@@ -24,6 +24,7 @@ from app.errors import ApiError
 from app.labels import parse_label_names
 from app.model_service import ModelService, Progress
 from app.outputs import check_output, encode_result
+from app.positions import check_support_positions, parse_support_positions
 from app.prompts import Prompts
 from app.settings import Settings
 from data.io import ImageData, encode_probs, read_series, to_png_bytes
@@ -50,15 +51,18 @@ class SegmentForm:
     support_slices: int | None = None
     skip_margin: float = DEFAULT_SKIP_MARGIN
     cascade: bool = False
+    support_positions: str | None = field(default=None, kw_only=True)  # a JSON array, one per 2D support pair
     query_parts: list[UploadFile] = field(default_factory=list)  # the other files of a DICOM series
     label_names: str | None = None
     select: Select | None = None
     support_size: int | None = None
+    uncertainty: bool = False
 
 
 # form fields that take one value; `query` may repeat (a DICOM series sent file by file)
 SINGLE_FIELDS = ("prompt_id", "threshold", "ensemble", "axis", "output", "support_slices", "skip_margin", "cascade",
-                 "label_names", "select", "support_size")
+                 "support_positions",
+                 "label_names", "select", "support_size", "uncertainty")
 
 
 async def reject_repeated(request: Request, names: tuple[str, ...]) -> None:
@@ -106,6 +110,11 @@ async def segment_form(
     cascade: Annotated[bool, Form(
         description="volumes with 3D support: confident predictions of neighbouring slices join the support of "
         "the next ones, outward from the labelled range (in-context cascade)")] = False,
+    support_positions: Annotated[str | None, Form(
+        description="volumes with a 2D support set: each pair's relative depth along the axis (0 the first slice, "
+        "1 the last) as a JSON array, e.g. [0.42, 0.5, 0.61], one per pair in their order; query slices farther "
+        "than skip_margin from the pairs holding a label are skipped for it (background), which also saves their "
+        "cost")] = None,
     label_names: Annotated[str | None, Form(
         description='JSON object label -> name for inline support, e.g. {"1": "liver"} (as /prompts takes)')] = None,
     select: Annotated[Select | None, Form(
@@ -115,11 +124,16 @@ async def segment_form(
     support_size: Annotated[int | None, Form(
         ge=1, description="2D support sets: how many items the query uses (with select=similar or random); at "
         "most the set's size and ICSEG_MAX_SUPPORT (unset: all of them, capped at ICSEG_MAX_SUPPORT)")] = None,
+    uncertainty: Annotated[bool, Form(
+        description="also return per-pixel uncertainty maps (the answer is then JSON): 2 x the std of the ensemble "
+        "members' probabilities, or the binary entropy when ensemble=1; one 8-bit PNG per label (2D, 255 = 1.0) or "
+        "one float NIfTI (H, W, D, K) for volumes")] = False,
 ) -> SegmentForm:
     await reject_repeated(request, SINGLE_FIELDS)
     return SegmentForm(query[0], support_images or [], support_masks or [], prompt_id or None, threshold, ensemble,
                        axis, output, support_slices, skip_margin, cascade, query[1:], label_names or None, select,
-                       support_size)
+                       support_size, uncertainty,
+                       support_positions=support_positions)
 
 
 @dataclass
@@ -217,7 +231,8 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
     decode_ms = (time.perf_counter() - start) * 1000
     options = VolumeOptions(support_slices=form.support_slices, ensemble=form.ensemble, axis=form.axis,
                             skip_margin=None if form.skip_margin >= 1 else form.skip_margin, cascade=form.cascade,
-                            threshold=form.threshold)
+                            threshold=form.threshold,
+                            support_positions=parse_support_positions(form.support_positions))
     options.check(model.max_support)  # a bad value is a 4xx before any work, and before a job's 202
     prepare_ms = 0.0
     start = time.perf_counter()
@@ -232,6 +247,8 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
     else:
         support, selection = await run_in_threadpool(model.select_support, query.array, support, form.select,
                                                      form.support_size, form.axis if query.kind == "volume" else None)
+    check_support_positions(options.support_positions, query.kind == "volume", isinstance(support, VolumeSupport),
+                            support.size)
     prepare_ms = (time.perf_counter() - start) * 1000
     names = {**(record.label_names if record is not None else {}),
              **parse_label_names(form.label_names, tuple(support.labels))}
@@ -242,37 +259,37 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
 
 
 async def run_model(task: SegmentTask, model: ModelService,
-                    settings: Settings) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+                    settings: Settings) -> tuple[np.ndarray, np.ndarray, dict | None, np.ndarray | None]:
     """Synchronous requests: (label map at the query's shape, probabilities (K, H, W) for 2D or (K, H, W, D)
-    for volumes with output=probs, else None; the volume's metadata or None)."""
+    for volumes, the volume's metadata or None, the ensemble members' std (2D, ensemble > 1) or None)."""
     timeout = settings.request_timeout_s
     try:
         if not task.is_volume:
-            probs = await asyncio.wait_for(model.predict(task.query.array, task.support, task.ensemble), timeout)
-            return merge_labels(probs, task.labels, task.threshold), probs, None
+            probs, spread = await asyncio.wait_for(model.predict(task.query.array, task.support, task.ensemble),
+                                                   timeout)
+            return merge_labels(probs, task.labels, task.threshold), probs, None, spread
         if task.voxels > settings.sync_max_voxels:
             raise ApiError(f"the volume has {task.voxels:,} voxels, more than /segment answers synchronously "
                            f"({settings.sync_max_voxels:,}); POST it to /jobs", field="query", code="use_jobs")
         work = partial(run_volume, task, model, None)
         result = await asyncio.wait_for(model.run_on_model_thread(work), timeout)
-        return result.mask, result.probs, volume_details(task, result)
+        return result.mask, result.probs, volume_details(task, result), None
     except TimeoutError as exc:
         raise ApiError(f"the model did not answer within {timeout:.0f} s; try /jobs for large inputs",
                        code="timeout") from exc
 
 
-def run_blocking(task: SegmentTask, model: ModelService, progress: Progress | None) -> np.ndarray:
-    """Jobs and synchronous volumes (on a worker thread): the label map at the query's shape."""
-    if not task.is_volume:
-        probs = model.predict_blocking(task.query.array, task.support, task.ensemble, progress)
-        return merge_labels(probs, task.labels, task.threshold)
-    return run_volume(task, model, progress).mask
+def run_blocking(task: SegmentTask, model: ModelService,
+                 progress: Progress | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """A 2D job (on a worker thread): (label map at the query's shape, probabilities, members' std or None)."""
+    probs, spread = model.predict_blocking(task.query.array, task.support, task.ensemble, progress)
+    return merge_labels(probs, task.labels, task.threshold), probs, spread
 
 
 def run_volume(task: SegmentTask, model: ModelService, progress: Progress | None) -> VolumeResult:
     """Blocking: a volume query with the task's options (``Segmenter.predict_volume_result``)."""
     return model.segment_volume_result(task.query.array, support=task.support, options=task.options,
-                                       probs=task.want_probs, progress=progress)
+                                       probs=True, progress=progress)  # probs: the confidence's input
 
 
 def volume_details(task: SegmentTask, result: VolumeResult) -> dict:

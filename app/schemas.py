@@ -50,7 +50,31 @@ class Selection(BaseModel):
     pool: int = Field(description="items of the support set (or stored prompt) they were chosen from")
 
 
-class SegmentResult(BaseModel):
+class Mismatch(BaseModel):
+    score: float | None = Field(None, description="how far the query's first-block feature statistics lie from the "
+                                "support images', in units of their spread (model.confidence; docs/confidence.md)")
+    threshold: float | None = Field(None, description="the calibrated threshold for this support size; null when "
+                                    "the weights are uncalibrated")
+    flagged: bool | None = Field(None, description="true: the query looks unlike the examples (a warning); null: "
+                                 "not judged (uncalibrated weights)")
+
+
+class Quality(BaseModel):
+    """How sure the answer is: in every /segment JSON answer and every finished job (docs/confidence.md)."""
+
+    confidence: dict[str, float] = Field(default_factory=dict, description="label value -> confidence in [0, 1]: "
+                                         "soft Dice of the probabilities against the predicted region, times the "
+                                         "ensemble members' agreement; 0 for a label the mask does not hold")
+    low_confidence: bool = Field(False, description="some label's confidence is below the calibrated threshold")
+    low_confidence_labels: list[int] = Field(default_factory=list, description="the labels below it")
+    mismatch: Mismatch | None = Field(None, description="does the query look like the support images?")
+    calibrated: bool = Field(False, description="the thresholds were calibrated for these weights (sha256); false: "
+                             "low_confidence uses the fallback 0.5 and the mismatch is not judged")
+    warnings: list[str] = Field(default_factory=list, description='e.g. "the query looks unlike the examples", '
+                                '"low confidence for label 2"')
+
+
+class SegmentResult(Quality):
     mask: str = Field(description="the mask file, base64: PNG for 2D queries, NIfTI for NIfTI volumes")
     media_type: str = Field(description="media type of the decoded `mask`")
     labels: list[int] = Field(description="label values of the support set, each segmented: what the mask can hold")
@@ -65,6 +89,10 @@ class SegmentResult(BaseModel):
         "one gzipped float32 NIfTI (H, W, D, K) in the query's geometry, labels in the order of `labels`"
     )
     volume: VolumeInfo | None = Field(None, description="volumes: what ran, what was skipped")
+    uncertainty: list[str] | None = Field(
+        None, description="with uncertainty=true: 2D, one 8-bit grayscale PNG (base64) per label, 255 = 1.0; "
+        "volumes, one gzipped float32 NIfTI (H, W, D, K); 2 x the ensemble members' std, or the binary entropy "
+        "(bits) when one member ran; labels in the order of `labels`")
     selection: Selection | None = Field(None, description="2D support sets: which items the query used (select, "
                                         "support_size)")
 
@@ -114,6 +142,14 @@ class JobInfo(BaseModel):
     label_names: dict[str, str] | None = Field(None, description="once done: every support label's name")
     segments: list[Segment] | None = Field(None, description="once done: every support label, name and colour "
                                            "(the NIfTI result's sidecar)")
+    confidence: dict[str, float] | None = Field(None, description="once done: label value -> confidence (as /segment)")
+    low_confidence: bool | None = None
+    low_confidence_labels: list[int] | None = None
+    mismatch: Mismatch | None = None
+    calibrated: bool | None = None
+    warnings: list[str] | None = None
+    uncertainty: str | None = Field(None, description="a volume job with uncertainty=true, once done: path of the "
+                                    "uncertainty NIfTI")
 
 
 class WeightsInfo(BaseModel):

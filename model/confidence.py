@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.preprocess import prepare_gray, to_gray
+
 log = logging.getLogger(__name__)
 
 FALLBACK_LOW_CONFIDENCE = 0.5  # uncalibrated weights: a label below this is low confidence
@@ -259,3 +261,39 @@ def support_mismatch(net: torch.nn.Module, query: torch.Tensor, support_images: 
     q = image_features(net, query[None] if query.ndim == 2 else query).mean(0)
     s = image_features(net, support_images)
     return mismatch_score(q, s, calibration.mismatch_scale), int(support_images.shape[0])
+
+
+def calibration_for(segmenter) -> Calibration:
+    """The calibration of the segmenter's weights file (uncalibrated for weights not read from a file)."""
+    return load_calibration(getattr(segmenter.net, "weights_info", {}).get("path"))
+
+
+def _even(n: int, k: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(int))
+
+
+def query_mismatch(segmenter, query: np.ndarray, support, calibration: Calibration, *, volume: bool = False,
+                   axis: int = 2, slices: int = 8) -> tuple[float, int]:
+    """(mismatch score, S) of a request, every image prepared as the network sees it (``prepare_gray``).
+
+    Args:
+        query: a 2D query (H, W[, 3]), or with ``volume`` a volume (H, W, D) sliced along ``axis``: the score
+            is the median over up to ``slices`` evenly spaced slices.
+        support: a ``PreparedSupport`` (2D items, a prompt) or a ``VolumeSupport`` (up to ``slices`` labelled
+            slices of each support volume are the support set of the check).
+    """
+    size, clip = segmenter.size, segmenter.clip_percentiles
+    if hasattr(support, "present"):  # a VolumeSupport: (D_i, H_i, W_i) per volume, slicing axis first
+        items = []
+        for image, present in zip(support.images, support.present):
+            labelled = np.unique(np.concatenate([p for p in present if p.size] or [np.arange(image.shape[0])]))
+            items += [prepare_gray(image[j], size, clip) for j in labelled[_even(labelled.size, slices)]]
+        support_images = torch.stack(items)
+    else:
+        support_images = support.images
+    if not volume:
+        return support_mismatch(segmenter.net, prepare_gray(to_gray(query), size, clip), support_images, calibration)
+    moved = np.moveaxis(np.asarray(query), axis, 0)
+    scores = [support_mismatch(segmenter.net, prepare_gray(moved[i].astype(np.float32), size, clip), support_images,
+                               calibration)[0] for i in _even(moved.shape[0], slices)]
+    return float(np.median(scores)), int(support_images.shape[0])

@@ -11,8 +11,10 @@ from app.deps import AUTH, JobsDep, ModelDep, PromptsDep, SettingsDep, TenantDep
 from app.errors import ApiError, JobNotFound
 from app.outputs import label_headers, label_summary
 from app.pipeline import SegmentForm, build_task, encode, run_blocking, run_volume, segment_form, volume_details
+from app.quality import assess_task, quality_headers
 from app.schemas import BINARY, MASK_CONTENT, JobInfo, error_responses
 from data.io import encode_probs
+from model.confidence import uncertainty_map
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=AUTH)
 
@@ -35,15 +37,23 @@ async def create_job(
     if form.output == "probs" and not task.is_volume:
         raise ApiError("a 2D job returns the mask file; output=probs is for /segment or volume jobs",
                        field="output", code="invalid_input")
+    if form.uncertainty and not task.is_volume:
+        raise ApiError("a 2D job returns the mask file; uncertainty=true is for /segment or volume jobs",
+                       field="uncertainty", code="invalid_input")
 
     def work(progress):
         if not task.is_volume:
-            mask = run_blocking(task, model, progress)
-            return (*encode(task, mask), {"labels": label_summary(mask, task.labels, task.label_names)})
+            mask, probs, spread = run_blocking(task, model, progress)
+            labels = {**label_summary(mask, task.labels, task.label_names),
+                      **assess_task(task, model, mask, probs, spread)}
+            return (*encode(task, mask), {"labels": labels})
         result = run_volume(task, model, progress)
-        probs = encode_probs(result.probs, task.query) if result.probs is not None else None
+        probs = encode_probs(result.probs, task.query) if task.want_probs else None
+        maps = encode_probs(uncertainty_map(result.probs), task.query) if form.uncertainty else None
+        labels = {**label_summary(result.mask, task.labels, task.label_names),
+                  **assess_task(task, model, result.mask, result.probs, None)}
         return (*encode(task, result.mask), {"volume": volume_details(task, result), "probs": probs,
-                                             "labels": label_summary(result.mask, task.labels, task.label_names)})
+                                             "uncertainty": maps, "labels": labels})
 
     job = jobs.submit(work, total=task.total_steps, labels=task.labels, owner=tenant)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/jobs/{job.id}"})
@@ -73,8 +83,10 @@ async def job_result(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
     headers = {"Content-Disposition": f'attachment; filename="mask{job.extension}"'}
     if job.labels is not None:  # as /segment's binary answer: the label values the mask can hold
         headers["X-Labels"] = ",".join(map(str, job.labels))
-    if job.label_info is not None:  # and those it holds, with names
+    if job.label_info is not None:  # and those it holds, with names, and how sure it is
         headers.update(label_headers({"labels": job.labels or [], **job.label_info}))
+        if job.label_info.get("confidence") is not None:
+            headers.update(quality_headers(job.label_info))
     return Response(payload, media_type=job.media_type, headers=headers)
 
 
@@ -96,6 +108,28 @@ async def job_probs(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
     except FileNotFoundError as exc:
         raise JobNotFound(f"the result of job {job_id} has expired") from exc
     headers = {"Content-Disposition": 'attachment; filename="probs.nii.gz"',
+               "X-Labels": ",".join(map(str, job.labels or []))}
+    return Response(payload, media_type="application/gzip", headers=headers)
+
+
+@router.get("/{job_id}/uncertainty", response_class=Response,
+            responses={200: {"description": "a volume job with uncertainty=true: gzipped float32 NIfTI (H, W, D, K) "
+                             "in [0, 1], the query's geometry; header X-Labels: the label of each of the K maps",
+                             "content": {"application/gzip": BINARY}},
+                       409: {"description": "the job is not done"},
+                       **error_responses(400, 401, 404)},
+            summary="The per-label uncertainty maps of a finished volume job")
+async def job_uncertainty(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
+    job = jobs.get(job_id, tenant)
+    if job.status != "done" or job.uncertainty_path is None:
+        state = job.status if job.status != "done" else "done without uncertainty=true"
+        raise ApiError(f"job {job_id} has no uncertainty maps: it is {state}", code=f"job_{job.status}"
+                       if job.status != "done" else "invalid_input", retry_after=None if job.finished else 1)
+    try:
+        payload = job.uncertainty_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise JobNotFound(f"the result of job {job_id} has expired") from exc
+    headers = {"Content-Disposition": 'attachment; filename="uncertainty.nii.gz"',
                "X-Labels": ",".join(map(str, job.labels or []))}
     return Response(payload, media_type="application/gzip", headers=headers)
 

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import AUTH, ModelDep, PromptsDep, SettingsDep, TenantDep
 from app.outputs import label_headers, label_summary
 from app.pipeline import SegmentForm, build_task, encode, probs_b64, run_model, segment_form
+from app.quality import assess_task, quality_headers, task_uncertainty
 from app.schemas import MASK_CONTENT, SegmentResult, error_responses
 
 router = APIRouter(tags=["segment"], dependencies=AUTH)
@@ -49,22 +50,26 @@ async def segment(
     model.ensure_room()  # a full queue answers 429 before any decoding
     task = await build_task(form, model, prompts, settings, tenant=tenant)
     start = time.perf_counter()
-    mask, probs, volume = await run_model(task, model, settings)
+    mask, probs, volume, spread = await run_model(task, model, settings)
     model_ms = task.prepare_ms + (time.perf_counter() - start) * 1000
     start = time.perf_counter()
     payload, media_type, extension = await run_in_threadpool(encode, task, mask)
     probs_files = await run_in_threadpool(probs_b64, task, probs) if form.output == "probs" else None
+    assessed = await run_in_threadpool(assess_task, task, model, mask, probs, spread)
+    maps = await run_in_threadpool(task_uncertainty, task, probs, spread) if form.uncertainty else None
     timings = {"decode": round(task.decode_ms, 2), "model": round(model_ms, 2),
                "encode": round((time.perf_counter() - start) * 1000, 2)}
     summary = label_summary(mask, task.labels, task.label_names)
-    if wants_json(form.output, request.headers.get("accept", "")):
+    if form.uncertainty or wants_json(form.output, request.headers.get("accept", "")):
         body = SegmentResult(mask=base64.b64encode(payload).decode(), media_type=media_type, **summary,
                              shape=list(mask.shape), timings=timings, probs=probs_files, volume=volume,
-                             selection=task.selection)
-        return JSONResponse(body.model_dump(exclude_none=True))
+                             selection=task.selection, **assessed, uncertainty=maps)
+        # mismatch.flagged null (uncalibrated) is an answer, not an absence
+        return JSONResponse({**body.model_dump(exclude_none=True), "mismatch": assessed["mismatch"]})
     headers = {
         "Content-Disposition": f'attachment; filename="mask{extension}"',
         **label_headers(summary),
+        **quality_headers(assessed),
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
     }
     if task.selection is not None:  # which support items the query used

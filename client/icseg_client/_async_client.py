@@ -96,12 +96,14 @@ class AsyncClient(BaseClient):
         select: str | None = None,
         support_size: int | None = None,
         probs: bool = False,
+        uncertainty: bool = False,
     ) -> SegmentResult:
         """See ``Client.segment``."""
         spec, query_upload = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/segment", query, support_images, support_masks, prompt_id, prompt, threshold,
             ensemble, axis, probs,
-            request_fields(support_slices, skip_margin, cascade, label_names, output, select, support_size)))
+            request_fields(support_slices, skip_margin, cascade, label_names, output, select, support_size,
+                           uncertainty)))
         start = self._timer()
         response = await self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -124,12 +126,13 @@ class AsyncClient(BaseClient):
         output: str | None = None,
         select: str | None = None,
         support_size: int | None = None,
+        uncertainty: bool = False,
     ) -> Job:
         """See ``Client.create_job``."""
         spec, _ = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
             axis, volume=request_fields(support_slices, skip_margin, cascade, label_names, output, select,
-                                        support_size)))
+                                        support_size, uncertainty)))
         return Job.from_json((await self._request(spec)).json())
 
     async def get_job(self, job: Job | str) -> Job:
@@ -163,6 +166,7 @@ class AsyncClient(BaseClient):
         select: str | None = None,
         support_size: int | None = None,
         probs: bool = False,
+        uncertainty: bool = False,
         progress: bool | Any = True,
         poll_interval: float = 1.0,
         timeout: float | None = None,
@@ -171,7 +175,8 @@ class AsyncClient(BaseClient):
         spec, query_upload = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
             axis, probs,
-            request_fields(support_slices, skip_margin, cascade, label_names, output, select, support_size)))
+            request_fields(support_slices, skip_margin, cascade, label_names, output, select, support_size,
+                           uncertainty)))
         start = self._timer()
         job = Job.from_json((await self._request(spec)).json())
         reporter = ProgressReporter(progress, job.total)
@@ -197,6 +202,8 @@ class AsyncClient(BaseClient):
             self._job_result, response, job, query_upload, prompt_id or prompt, (self._timer() - start) * 1000)
         if probs and job.probs:
             result.probs = decode_probs((await self._request(RequestSpec("GET", job.probs))).content)
+        if uncertainty and job.uncertainty:
+            result.uncertainty = decode_probs((await self._request(RequestSpec("GET", job.uncertainty))).content)
         await self._cancel_quietly(job.id)
         return result
 

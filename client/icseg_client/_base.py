@@ -252,6 +252,8 @@ class BaseClient:
             labels_present=[int(v) for v in body.get("labels_present", [])],
             segments=list(body.get("segments") or []),
             selection=body.get("selection"),
+            uncertainty=_maps(body.get("uncertainty"), body.get("volume") is not None),
+            **quality_fields(body),
         )
 
     @staticmethod
@@ -271,6 +273,9 @@ class BaseClient:
             labels=[], shape=(), timings=timings, label_names=dict(label_names or {}), query=query,
             volume=job.volume,
         )
+        if job.confidence is not None:  # a server that says how sure it is
+            for key, value in quality_fields(job.__dict__).items():
+                setattr(result, key, value)
         if job.segments:  # a server that says which labels the mask holds, with names and colours
             result.segments = list(job.segments)
             result.labels_present = [int(v) for v in job.labels_present or []]
@@ -289,13 +294,32 @@ class BaseClient:
         return time.perf_counter()
 
 
+def _maps(files: list[str] | None, volume: bool) -> np.ndarray | None:
+    """The uncertainty maps of a JSON answer: (K, H, W) from 8-bit PNGs (/255) or (K, H, W, D) from a float
+    NIfTI (H, W, D, K)."""
+    if not files:
+        return None
+    if volume:
+        return decode_probs(base64.b64decode(files[0]))
+    return np.stack([decode_2d(base64.b64decode(f)) for f in files]).astype(np.float32) / 255
+
+
+def quality_fields(body: dict) -> dict:
+    """How sure an answer is (a /segment body or a finished job): ``SegmentResult``'s quality attributes."""
+    return {"confidence": {int(k): float(v) for k, v in (body.get("confidence") or {}).items()},
+            "low_confidence": bool(body.get("low_confidence")),
+            "low_confidence_labels": [int(v) for v in body.get("low_confidence_labels") or []],
+            "mismatch": body.get("mismatch"), "calibrated": body.get("calibrated"),
+            "warnings": list(body.get("warnings") or [])}
+
+
 def request_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None,
                    label_names: dict[int, str] | None, output: str | None, select: str | None = None,
-                   support_size: int | None = None) -> dict[str, str]:
+                   support_size: int | None = None, uncertainty: bool = False) -> dict[str, str]:
     """Every optional form field of /segment and /jobs (``volume_fields``, ``clinical_fields`` and
-    ``selection_fields``)."""
+    ``selection_fields``; ``uncertainty=true`` asks for the uncertainty maps)."""
     return {**volume_fields(support_slices, skip_margin, cascade), **clinical_fields(label_names, output),
-            **selection_fields(select, support_size)}
+            **selection_fields(select, support_size), **({"uncertainty": "true"} if uncertainty else {})}
 
 
 SELECTS = ("all", "similar", "random")

@@ -105,6 +105,7 @@ class Client(BaseClient):
         select: str | None = None,
         support_size: int | None = None,
         probs: bool = False,
+        uncertainty: bool = False,
     ) -> SegmentResult:
         """Segment one query with a support set or a stored prompt, synchronously.
 
@@ -135,6 +136,9 @@ class Client(BaseClient):
                 stored prompt may hold up to 512 items, more than the model takes at once (64).
             support_size: 2D support sets: how many items the query uses (with "similar" or "random").
                 ``result.selection`` says what ran.
+            uncertainty: also return per-pixel uncertainty maps, ``result.uncertainty``: (K, H, W) for 2D
+                queries, (K, H, W, D) for volumes, in [0, 1]. Every result also carries ``confidence`` per
+                label, ``low_confidence``, ``mismatch`` and ``warnings`` (docs/confidence.md).
 
         Returns:
             The mask at the query's size, in its format and geometry.
@@ -149,7 +153,7 @@ class Client(BaseClient):
         spec, query_upload = self._segment_spec("/segment", query, support_images, support_masks, prompt_id, prompt,
                                                 threshold, ensemble, axis, probs,
                                                 request_fields(support_slices, skip_margin, cascade, label_names,
-                                                               output, select, support_size))
+                                                               output, select, support_size, uncertainty))
         start = self._timer()
         response = self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -172,12 +176,13 @@ class Client(BaseClient):
         output: str | None = None,
         select: str | None = None,
         support_size: int | None = None,
+        uncertainty: bool = False,
     ) -> Job:
         """Submit a background segmentation (same arguments as ``segment``); poll it with ``get_job``."""
         spec, _ = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt, threshold,
                                      ensemble, axis,
                                      volume=request_fields(support_slices, skip_margin, cascade, label_names, output,
-                                                           select, support_size))
+                                                           select, support_size, uncertainty))
         return Job.from_json(self._request(spec).json())
 
     def get_job(self, job: Job | str) -> Job:
@@ -214,6 +219,7 @@ class Client(BaseClient):
         select: str | None = None,
         support_size: int | None = None,
         probs: bool = False,
+        uncertainty: bool = False,
         progress: bool | Any = True,
         poll_interval: float = 1.0,
         timeout: float | None = None,
@@ -223,8 +229,8 @@ class Client(BaseClient):
         Args:
             query: a NIfTI volume: a path, bytes, a nibabel image or an (H, W, D) array (identity affine).
             support_images, support_masks, prompt_id, threshold, ensemble, axis, support_slices, skip_margin,
-                cascade, probs: as ``segment``; the support set is NIfTI volumes (matched slice by slice) or 2D
-                images (applied to every slice).
+                cascade, probs, uncertainty: as ``segment``; the support set is NIfTI volumes (matched slice by
+                slice) or 2D images (applied to every slice).
             progress: True: a tqdm bar; a callable: called with (slices done, total); False: silent.
             poll_interval: the longest wait between two polls, in seconds.
             timeout: seconds to wait for the job (None: no limit); then it is cancelled and
@@ -240,7 +246,7 @@ class Client(BaseClient):
         spec, query_upload = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt,
                                                 threshold, ensemble, axis, probs,
                                                 request_fields(support_slices, skip_margin, cascade, label_names,
-                                                               output, select, support_size))
+                                                               output, select, support_size, uncertainty))
         start = self._timer()
         job = Job.from_json(self._request(spec).json())
         reporter = ProgressReporter(progress, job.total)
@@ -264,6 +270,8 @@ class Client(BaseClient):
         result = self._job_result(response, job, query_upload, prompt_id or prompt, (self._timer() - start) * 1000)
         if probs and job.probs:
             result.probs = decode_probs(self._request(RequestSpec("GET", job.probs)).content)
+        if uncertainty and job.uncertainty:
+            result.uncertainty = decode_probs(self._request(RequestSpec("GET", job.uncertainty)).content)
         self._cancel_quietly(job.id)  # the result is here: free the server's copy now, not after its TTL
         return result
 

@@ -46,6 +46,16 @@ class SegmentResult:
             ``skip_margin``, ``cascade``.
         selection: 2D support sets (``segment``): which items the query used, the service's ``selection``:
             ``select`` ("all", "similar", "random"), ``support_size`` and ``pool`` (the items it chose from).
+        confidence: label value -> confidence in [0, 1] (0 for a label the mask does not hold).
+        low_confidence: some label's confidence is below the calibrated threshold
+            (``low_confidence_labels``: which).
+        mismatch: ``{"score", "threshold", "flagged"}``: ``flagged`` True when the query looks unlike the
+            examples, None when the server's weights are uncalibrated.
+        calibrated: whether the server's thresholds were calibrated for its weights (None: an older server).
+        warnings: e.g. "the query looks unlike the examples", "low confidence for label 2".
+        uncertainty: with ``uncertainty=True``: (K, H, W) float32 in [0, 1] (8-bit precision) for 2D queries,
+            (K, H, W, D) float32 for volumes: 2 x the std of the ensemble members' probabilities, or the
+            binary entropy when one member ran.
     """
 
     data: bytes
@@ -60,6 +70,13 @@ class SegmentResult:
     labels_present: list[int] = field(default_factory=list)
     segments: list[dict] = field(default_factory=list)
     selection: dict | None = None
+    confidence: dict[int, float] = field(default_factory=dict)
+    low_confidence: bool = False
+    low_confidence_labels: list[int] = field(default_factory=list)
+    mismatch: dict | None = None
+    calibrated: bool | None = None
+    warnings: list[str] = field(default_factory=list)
+    uncertainty: np.ndarray | None = None
 
     @property
     def format(self) -> str:
@@ -244,6 +261,13 @@ class Job:
     labels_present: list[int] | None = None  # once done: the label values the mask holds
     label_names: dict | None = None  # once done: every support label's name ("label <v>" if unnamed)
     segments: list[dict] | None = None  # once done: every support label, {"label", "name", "colour"}
+    confidence: dict | None = None  # once done: label value -> confidence, and the rest of how sure it is:
+    low_confidence: bool | None = None
+    low_confidence_labels: list[int] | None = None
+    mismatch: dict | None = None
+    calibrated: bool | None = None
+    warnings: list[str] | None = None
+    uncertainty: str | None = None  # once done with uncertainty=True: the path of the uncertainty NIfTI
 
     @property
     def finished(self) -> bool:
@@ -257,4 +281,6 @@ class Job:
                    started_at=body.get("started_at"), finished_at=body.get("finished_at"), error=body.get("error"),
                    labels=None if body.get("labels") is None else [int(v) for v in body["labels"]],
                    volume=body.get("volume"), probs=body.get("probs"), labels_present=body.get("labels_present"),
-                   label_names=body.get("label_names"), segments=body.get("segments"))
+                   label_names=body.get("label_names"), segments=body.get("segments"),
+                   **{key: body.get(key) for key in ("confidence", "low_confidence", "low_confidence_labels",
+                                                     "mismatch", "calibrated", "warnings", "uncertainty")})
