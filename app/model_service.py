@@ -201,6 +201,7 @@ class ModelService:
             return self.segmenter.predict_volume_result(
                 volume, support=support, axis=options.axis, support_slices=options.support_slices,
                 skip_margin=options.skip_margin, cascade=options.cascade, ensemble=options.ensemble,
+                support_positions=options.support_positions,
                 threshold=options.threshold, probs=probs, progress=progress)
         finally:
             self.metrics.model_seconds.labels("volume").observe(time.perf_counter() - start)

@@ -35,6 +35,8 @@ class VolumeInfo(BaseModel):
     support_slices: int | None = Field(None, description="support slices per pass (3D support)")
     skip_margin: float | None = Field(None, description="relative depth kept beyond the labelled ranges")
     cascade: bool = False
+    coarse: int | None = Field(None, description="coarse-to-fine stride (3D support; 1: every slice in range)")
+    support_positions: list[float] | None = Field(None, description="the 2D support pairs' relative depths, as sent")
     label_names: dict[str, str] = Field(default_factory=dict, description="label value -> name (stored prompts)")
 
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from testkit.inputs import AFFINE, ball_volume, nifti, read_nifti
+from testkit.inputs import AFFINE, ball_volume, nifti, png, read_nifti
 
 
 def _files(rng, query_shape=(20, 18, 30), n_support=2):
@@ -86,3 +86,57 @@ def test_volume_job_reports_volume_and_serves_probs(client, rng):
         time.sleep(0.05)
         plain = client.get(f"/jobs/{plain['id']}").json()
     assert plain["probs"] is None and client.get(f"/jobs/{plain['id']}/probs").status_code == 400
+
+
+def _files_2d(rng, n_support=2):
+    """A volume query (the ball on its middle slices) and 2D support pairs cut from a like volume."""
+    volume, _ = ball_volume(rng, (20, 18, 30))
+    v, m = ball_volume(rng, (20, 18, 30))
+    files = [("query", ("q.nii.gz", nifti(volume)))]
+    for z in (14, 16)[:n_support]:
+        files += [("support_images", ("i.png", png(np.clip(v[..., z] / 4, 0, 255).astype(np.uint8)))),
+                  ("support_masks", ("m.png", png(m[..., z])))]
+    return files
+
+
+def test_2d_support_positions_skip_far_slices(client, rng):
+    files = _files_2d(rng)
+    body = client.post("/segment", files=files, data={"output": "json", "support_positions": "[0.48, 0.55]",
+                                                      "skip_margin": "0.1"}).json()
+    info = body["volume"]
+    # 0.48..0.55 with the margin: 0.38..0.65 of 30 slices (relative i / 29) -> slices 12..18 run
+    assert info["skipped"] == list(range(0, 12)) + list(range(19, 30)), info
+    assert info["support_positions"] == [0.48, 0.55] and info["tasks"] == 7
+    mask = read_nifti(base64.b64decode(body["mask"]))
+    assert not np.asarray(mask.dataobj)[..., info["skipped"]].any()
+    plain = client.post("/segment", files=files, data={"output": "json"}).json()["volume"]
+    assert plain["skipped"] == [] and plain.get("support_positions") is None and plain["tasks"] == 30
+
+
+@pytest.mark.parametrize("value,status,code", [
+    ("0.5, 0.6", 422, "invalid_request"),  # not JSON
+    ("[]", 422, "invalid_request"),
+    ("[0.5]", 422, "invalid_request"),  # one value for two pairs
+    ("[0.5, 1.5]", 400, "invalid_input"),
+    ('[0.5, "x"]', 400, "invalid_input"),
+])
+def test_bad_support_positions_name_the_field(client, rng, value, status, code):
+    files = _files_2d(rng)
+    for route in ("/segment", "/jobs"):
+        response = client.post(route, files=files, data={"support_positions": value})
+        assert response.status_code == status, (route, value, response.text)
+        error = response.json()["error"]
+        assert error["field"] == "support_positions" and error["code"] == code and error["message"]
+
+
+def test_support_positions_need_a_volume_and_2d_support(client, rng):
+    _, files3d = _files(rng)
+    response = client.post("/segment", files=files3d, data={"support_positions": "[0.4, 0.6]"})
+    assert response.status_code == 422 and "3D support volumes" in response.json()["error"]["message"]
+    image = np.clip(rng.normal(100, 10, (20, 18)), 0, 255).astype(np.uint8)
+    mask = np.zeros((20, 18), np.uint8)
+    mask[5:10, 5:10] = 1
+    files2d = [("query", ("q.png", png(image))), ("support_images", ("i.png", png(image))),
+               ("support_masks", ("m.png", png(mask)))]
+    response = client.post("/segment", files=files2d, data={"support_positions": "[0.4]"})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "support_positions"
