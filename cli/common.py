@@ -45,6 +45,10 @@ def add_segment_options(parser) -> None:
     volumes.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
                          help="confident predictions of neighbouring slices join the support of the next ones "
                          "(in-context cascade; default off)")
+    volumes.add_argument("--support-positions", type=float, nargs="+", default=None, metavar="P",
+                         help="volumes with a 2D support set: each support pair's relative depth along the axis "
+                         "(0 first slice, 1 last), one per pair in order; query slices farther than --skip-margin "
+                         "from the pairs holding a label are skipped (background)")
 
 
 def check_segment_options(args) -> None:
@@ -57,11 +61,14 @@ def check_segment_options(args) -> None:
         raise UsageError("--support-slices must be 1 or more")
     if getattr(args, "skip_margin", None) is not None and not 0.0 <= args.skip_margin <= 1.0:
         raise UsageError("--skip-margin must be between 0 and 1 (relative depth; 1 never skips)")
+    if any(not 0.0 <= p <= 1.0 for p in getattr(args, "support_positions", None) or ()):
+        raise UsageError("--support-positions must be relative depths between 0 (first slice) and 1 (last)")
 
 
 def volume_options(args) -> dict:
     """The cost options of a volume as keyword arguments, named as in the API and the SDK (None: defaults)."""
-    return {name: getattr(args, name, None) for name in ("support_slices", "skip_margin", "cascade")}
+    return {name: getattr(args, name, None) for name in ("support_slices", "skip_margin", "cascade",
+                                                        "support_positions")}
 
 
 def local_volume_kwargs(args) -> dict:

@@ -91,6 +91,7 @@ class AsyncClient(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        support_positions: list[float] | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
         select: str | None = None,
@@ -103,7 +104,7 @@ class AsyncClient(BaseClient):
             self._segment_spec, "/segment", query, support_images, support_masks, prompt_id, prompt, threshold,
             ensemble, axis, probs,
             request_fields(support_slices, skip_margin, cascade, label_names, output, select, support_size,
-                           uncertainty)))
+                           uncertainty, support_positions=support_positions)))
         start = self._timer()
         response = await self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -122,6 +123,7 @@ class AsyncClient(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        support_positions: list[float] | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
         select: str | None = None,
@@ -132,7 +134,7 @@ class AsyncClient(BaseClient):
         spec, _ = await anyio.to_thread.run_sync(partial(
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
             axis, volume=request_fields(support_slices, skip_margin, cascade, label_names, output, select,
-                                        support_size, uncertainty)))
+                                        support_size, uncertainty, support_positions=support_positions)))
         return Job.from_json((await self._request(spec)).json())
 
     async def get_job(self, job: Job | str) -> Job:
@@ -161,6 +163,7 @@ class AsyncClient(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        support_positions: list[float] | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
         select: str | None = None,
@@ -176,7 +179,7 @@ class AsyncClient(BaseClient):
             self._segment_spec, "/jobs", query, support_images, support_masks, prompt_id, prompt, threshold, ensemble,
             axis, probs,
             request_fields(support_slices, skip_margin, cascade, label_names, output, select, support_size,
-                           uncertainty)))
+                           uncertainty, support_positions=support_positions)))
         start = self._timer()
         job = Job.from_json((await self._request(spec)).json())
         reporter = ProgressReporter(progress, job.total)

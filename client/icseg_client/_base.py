@@ -315,10 +315,12 @@ def quality_fields(body: dict) -> dict:
 
 def request_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None,
                    label_names: dict[int, str] | None, output: str | None, select: str | None = None,
-                   support_size: int | None = None, uncertainty: bool = False) -> dict[str, str]:
+                   support_size: int | None = None, uncertainty: bool = False,
+                   support_positions: list[float] | None = None) -> dict[str, str]:
     """Every optional form field of /segment and /jobs (``volume_fields``, ``clinical_fields`` and
     ``selection_fields``; ``uncertainty=true`` asks for the uncertainty maps)."""
-    return {**volume_fields(support_slices, skip_margin, cascade), **clinical_fields(label_names, output),
+    return {**volume_fields(support_slices, skip_margin, cascade, support_positions),
+            **clinical_fields(label_names, output),
             **selection_fields(select, support_size), **({"uncertainty": "true"} if uncertainty else {})}
 
 
@@ -357,8 +359,10 @@ def clinical_fields(label_names: dict[int, str] | None, output: str | None) -> d
     return data
 
 
-def volume_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None) -> dict[str, str]:
-    """The cost fields of a volume request (None: the service's default), checked before anything is sent.
+def volume_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None,
+                  support_positions: list[float] | None = None) -> dict[str, str]:
+    """The cost fields of a volume request (None: the service's default), checked before anything is sent;
+    ``support_positions``: a 2D support set's relative depth (0-1) per pair, sent as a JSON array.
 
     Raises:
         InvalidInputError: a value the service would refuse, naming the argument.
@@ -378,6 +382,12 @@ def volume_fields(support_slices: int | None, skip_margin: float | None, cascade
         if not isinstance(cascade, bool):
             raise InvalidInputError(f"cascade must be True or False, got {cascade!r}", "cascade")
         data["cascade"] = "true" if cascade else "false"
+    if support_positions is not None:
+        values = list(support_positions) if isinstance(support_positions, list | tuple) else [support_positions]
+        if not values or any(isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1 for v in values):
+            raise InvalidInputError("support_positions must be a list of relative depths between 0 (first slice) and "
+                                    f"1 (last), one per support pair, got {support_positions!r}", "support_positions")
+        data["support_positions"] = json.dumps([float(v) for v in values])
     return data
 
 

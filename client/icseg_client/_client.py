@@ -100,6 +100,7 @@ class Client(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        support_positions: list[float] | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
         select: str | None = None,
@@ -126,6 +127,9 @@ class Client(BaseClient):
                 0.1; 1 never skips). ``result.volume["skipped"]`` lists them.
             cascade: volumes with 3D support: confident predictions of neighbouring slices join the support of
                 the next ones, outward from the labelled range (service default False).
+            support_positions: volumes with a 2D support set: each pair's relative depth along the axis (0 the
+                first slice, 1 the last), one per pair in order; query slices farther than ``skip_margin`` from
+                the pairs holding a label are skipped (background, and no cost).
             label_names: label value -> name for an inline support set (a stored prompt has its own); the
                 names come back in ``result.label_names``, ``result.segments``, a DICOM SEG and a .seg.nrrd.
             output: "dicom-seg" for a DICOM query (a file, a list of a series' files, a zip, a multi-frame):
@@ -153,7 +157,8 @@ class Client(BaseClient):
         spec, query_upload = self._segment_spec("/segment", query, support_images, support_masks, prompt_id, prompt,
                                                 threshold, ensemble, axis, probs,
                                                 request_fields(support_slices, skip_margin, cascade, label_names,
-                                                               output, select, support_size, uncertainty))
+                                                               output, select, support_size, uncertainty,
+                                                               support_positions=support_positions))
         start = self._timer()
         response = self._request(spec)
         return self._segment_result(response, query_upload, (self._timer() - start) * 1000)
@@ -172,6 +177,7 @@ class Client(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        support_positions: list[float] | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
         select: str | None = None,
@@ -182,7 +188,8 @@ class Client(BaseClient):
         spec, _ = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt, threshold,
                                      ensemble, axis,
                                      volume=request_fields(support_slices, skip_margin, cascade, label_names, output,
-                                                           select, support_size, uncertainty))
+                                                           select, support_size, uncertainty,
+                                                           support_positions=support_positions))
         return Job.from_json(self._request(spec).json())
 
     def get_job(self, job: Job | str) -> Job:
@@ -214,6 +221,7 @@ class Client(BaseClient):
         support_slices: int | None = None,
         skip_margin: float | None = None,
         cascade: bool | None = None,
+        support_positions: list[float] | None = None,
         label_names: dict[int, str] | None = None,
         output: str | None = None,
         select: str | None = None,
@@ -246,7 +254,8 @@ class Client(BaseClient):
         spec, query_upload = self._segment_spec("/jobs", query, support_images, support_masks, prompt_id, prompt,
                                                 threshold, ensemble, axis, probs,
                                                 request_fields(support_slices, skip_margin, cascade, label_names,
-                                                               output, select, support_size, uncertainty))
+                                                               output, select, support_size, uncertainty,
+                                                               support_positions=support_positions))
         start = self._timer()
         job = Job.from_json(self._request(spec).json())
         reporter = ProgressReporter(progress, job.total)

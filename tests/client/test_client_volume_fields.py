@@ -14,7 +14,7 @@ from testkit.inputs import ball_volume, save_nifti
 
 from cli.main import build_parser
 
-FIELDS = {"support_slices", "ensemble", "axis", "skip_margin", "cascade"}
+FIELDS = {"support_slices", "ensemble", "axis", "skip_margin", "cascade", "support_positions"}
 
 
 def _form_fields(app_client, path: str) -> set[str]:
@@ -41,7 +41,8 @@ def test_the_same_names_in_api_sdk_and_cli(app_client):
         dests = {a.dest for a in _subparser(command)._actions}
         assert FIELDS <= dests, command
     flags = {s for a in _subparser("segment")._actions for s in a.option_strings}
-    assert {"--support-slices", "--skip-margin", "--cascade", "--no-cascade", "--ensemble", "--axis"} <= flags
+    assert {"--support-slices", "--skip-margin", "--cascade", "--no-cascade", "--ensemble", "--axis",
+            "--support-positions"} <= flags
 
 
 def test_sdk_sends_the_fields_and_the_service_echoes_them(client, rng, tmp_path):
@@ -66,6 +67,9 @@ def test_sdk_sends_the_fields_and_the_service_echoes_them(client, rng, tmp_path)
     ({"support_slices": 2.5}, "support_slices"),
     ({"skip_margin": 1.5}, "skip_margin"),
     ({"cascade": "yes"}, "cascade"),
+    ({"support_positions": [0.5, 1.2]}, "support_positions"),
+    ({"support_positions": []}, "support_positions"),
+    ({"support_positions": ["0.5"]}, "support_positions"),
 ])
 def test_sdk_refuses_bad_values_before_sending(client, rng, kwargs, field):
     volume, mask = ball_volume(rng, (8, 8, 6))
@@ -77,6 +81,7 @@ def test_sdk_refuses_bad_values_before_sending(client, rng, kwargs, field):
 @pytest.mark.parametrize("argv,flag", [
     (["--support-slices", "0"], "--support-slices"),
     (["--skip-margin", "2"], "--skip-margin"),
+    (["--support-positions", "0.5", "-0.1"], "--support-positions"),
 ])
 def test_cli_refuses_bad_values_naming_the_flag(tmp_path, capsys, argv, flag):
     from cli.main import main
@@ -85,6 +90,21 @@ def test_cli_refuses_bad_values_naming_the_flag(tmp_path, capsys, argv, flag):
     code = main(["segment", "--query", str(query), "--support-images", str(query), "--support-masks", str(query),
                  "--out", str(tmp_path / "out"), *argv])
     assert code == 2 and flag in capsys.readouterr().err
+
+
+def test_sdk_sends_2d_support_positions_and_the_service_skips_far_slices(client, rng, tmp_path):
+    volume, _ = ball_volume(rng, (20, 18, 30))
+    other, mask = ball_volume(rng, (20, 18, 30))
+    query = save_nifti(volume, tmp_path / "q.nii.gz")
+    images = [save_nifti(other[..., z:z + 1], tmp_path / f"i{z}.nii.gz") for z in (14, 16)]  # one-slice NIfTIs: 2D
+    masks = [save_nifti(mask[..., z:z + 1], tmp_path / f"m{z}.nii.gz") for z in (14, 16)]
+    sync = client.segment(query, images, masks, support_positions=[0.48, 0.55], skip_margin=0.1)
+    job = client.segment_volume(query, images, masks, progress=False, support_positions=(0.48, 0.55), skip_margin=0.1)
+    for result in (sync, job):
+        assert result.volume["support_positions"] == [0.48, 0.55]
+        assert result.volume["skipped"] == list(range(0, 12)) + list(range(19, 30))
+        assert not result.mask[..., result.volume["skipped"]].any()
+    np.testing.assert_array_equal(sync.mask, job.mask)
 
 
 def test_progress_bar_counts_skipped_slices_as_its_start(capsys):
