@@ -42,7 +42,9 @@ EXAMPLES = """examples:
   icseg segment --url http://gpu-box:8000 --prompt-id 3f2a... --query scans/ --out masks/
 
 masks are written as OUT/<query name> in the query's format (PNG for 2D images, TIFF for TIFF, NIfTI with
-the query's affine for NIfTI); --overlay adds OUT/overlays/<query name>.png.
+the query's affine for NIfTI); --overlay adds OUT/overlays/<query name>.png; OUT/<query name>.quality.json holds
+the confidence per label, low_confidence, the mismatch check and warnings (also printed); --uncertainty adds
+OUT/uncertainty/ (docs/confidence.md).
 exit codes: 0 ok, 1 failure (message printed), 2 usage error"""
 
 
@@ -63,6 +65,8 @@ def register(subparsers) -> None:
                    help="with --url: a stored prompt (the API's prompt_id) instead of the support files")
     p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<name>.png: mask contours on the "
                    "query (the slice with most foreground for volumes)")
+    p.add_argument("--uncertainty", action="store_true", help="also write the per-pixel uncertainty maps: "
+                   "OUT/uncertainty/<name>_label<v>.png (2D) or OUT/uncertainty/<name>.nii.gz (volumes)")
     add_segment_options(p)
     support = p.add_argument_group("2D support sets larger than the model takes at once (the API's fields)")
     support.add_argument("--select", choices=("all", "similar", "random"), default=None,
@@ -164,7 +168,8 @@ def _run_remote(args: argparse.Namespace, plan: Plan) -> int:
         print("error: --url needs the Python SDK: pip install -e ./client (or pip install icseg-client)",
               file=sys.stderr)
         return 1
-    from data.io import detect_format
+    from cli.quality import write_quality
+    from data.io import detect_format, read_image
 
     # the support set is read once, not once per query
     images = [p.read_bytes() for p in plan.support_images] or None
@@ -179,15 +184,20 @@ def _run_remote(args: argparse.Namespace, plan: Plan) -> int:
             try:
                 if detect_format(query) in ("nifti", "gzip"):
                     single = len(plan.queries) == 1 and args.progress
-                    result = client.segment_volume(query, images, masks, progress=single, **options, **volume)
+                    result = client.segment_volume(query, images, masks, progress=single, uncertainty=args.uncertainty,
+                                                   **options, **volume)
                 else:
-                    result = client.segment(query, images, masks, **options)
+                    result = client.segment(query, images, masks, uncertainty=args.uncertainty, **options)
             except Exception as exc:
                 if not _is_query_error(exc):
                     raise
                 failed.append((path, str(exc)))
                 continue
             result.save(plan.out / (stem(path) + result.extension))
+            if result.calibrated is not None:  # a server that says how sure it is
+                volume_map = result.uncertainty is not None and result.is_volume
+                decoded = read_image(path, field="query") if volume_map else None  # the geometry of its NIfTI
+                write_quality(plan.out, stem(path), path, result.__dict__, result.labels, result.uncertainty, decoded)
             if args.overlay:
                 _save_overlay(result.overlay(axis=args.axis), plan.out, stem(path))
     return _finish(failed, len(plan.queries))
@@ -197,10 +207,12 @@ def _run_remote(args: argparse.Namespace, plan: Plan) -> int:
 
 
 def _run_local(args: argparse.Namespace, plan: Plan) -> int:
+    from cli.quality import local_assessment, local_uncertainty, write_quality
     from data.io import encode_mask, read_image, write_atomic
     from model import retrieval
     from model.inputs import read_support
     from model.segmenter import Segmenter, VolumeSupport
+    from model.support import merge_labels
 
     weights = args.weights or os.environ.get("ICSEG_WEIGHTS") or None
     segmenter = Segmenter.from_pretrained(weights, device=args.device)
@@ -222,10 +234,13 @@ def _run_local(args: argparse.Namespace, plan: Plan) -> int:
             if query.kind == "image":
                 if isinstance(support, VolumeSupport):
                     raise UsageError(f"{path} is a 2D image but the support set is 3D volumes")
-                mask = segmenter.predict(query.array, support=support, ensemble=args.ensemble,
-                                         threshold=args.threshold)
+                probs, spread = segmenter.predict_many([query.array], support, ensemble=args.ensemble, spread=True)[0]
+                mask = merge_labels(probs, support.labels, args.threshold)
             else:
-                mask = _local_volume(segmenter, query.array, support, args, len(plan.queries) == 1 and args.progress)
+                mask, probs = _local_volume(segmenter, query.array, support, args,
+                                            len(plan.queries) == 1 and args.progress)
+                spread = None  # a volume's members are not kept: the map is the entropy (docs/confidence.md)
+            quality = local_assessment(segmenter, query, support, mask, probs, spread, args.axis)
         except Exception as exc:
             if not _is_query_error(exc):
                 raise
@@ -233,6 +248,8 @@ def _run_local(args: argparse.Namespace, plan: Plan) -> int:
             continue
         payload, _, extension = encode_mask(mask, query)
         write_atomic(plan.out / (stem(path) + extension), payload)
+        maps = local_uncertainty(probs, spread) if args.uncertainty else None
+        write_quality(plan.out, stem(path), path, quality, list(support.labels), maps, query)
         if args.overlay:
             # overlays colour each label the same way in every query, as the server mode does
             _save_overlay(_local_overlay(query.array, mask, list(support.labels), args.axis), plan.out, stem(path))
@@ -240,7 +257,7 @@ def _run_local(args: argparse.Namespace, plan: Plan) -> int:
 
 
 def _local_volume(segmenter, volume, support, args, show: bool):
-    """One volume in this process, with the SDK's bar (slices; skipped ones are its starting point)."""
+    """One volume in this process, with the SDK's bar (slices; skipped ones are its starting point): (mask, probs)."""
     bar = progress_bar("slice", "segment_volume", show, total=volume.shape[args.axis])
     started = [False]
 
@@ -255,14 +272,14 @@ def _local_volume(segmenter, volume, support, args, show: bool):
 
     try:
         result = segmenter.predict_volume_result(volume, support=support, axis=args.axis, ensemble=args.ensemble,
-                                                 threshold=args.threshold, progress=progress,
+                                                 threshold=args.threshold, progress=progress, probs=True,
                                                  **local_volume_kwargs(args))
     finally:
         bar.close()
     if result.skipped:
         log.info("%d of %d slices skipped (outside the support's labelled range)", len(result.skipped),
                  result.slices)
-    return result.mask
+    return result.mask, result.probs
 
 
 def _local_overlay(image, mask, labels: list[int], axis: int):

@@ -17,6 +17,7 @@
     query: null,      // File
     labelNames: {},   // label -> name for the example's labels
     result: null,     // {width, height, labels: Uint8Array, values: [int], names: {}}
+    heat: null,       // {width, height, labels: Uint8Array}: the uncertainty maps, largest over the labels, 255 = 1
     downloadUrl: null,
     thumbnailUrls: [],
   };
@@ -313,6 +314,9 @@
     const overlay = $("overlay-canvas");
     overlay.getContext("2d").clearRect(0, 0, overlay.width, overlay.height);
     $("legend").replaceChildren();
+    $("confidence").replaceChildren();
+    $("warnings").replaceChildren();
+    state.heat = null;
     $("timings").textContent = "";
     const link = $("download");
     link.removeAttribute("href");
@@ -325,7 +329,65 @@
     if (!state.result) return;
     const alpha = Math.round((255 * Number($("opacity").value)) / 100);
     const outline = document.querySelector('input[name="mode"]:checked').value === "outline";
+    if ($("heat").checked && state.heat) {
+      paintHeat($("overlay-canvas"), state.heat, alpha);
+      $("stage").dataset.overlay = "uncertainty";
+      return;
+    }
+    $("stage").dataset.overlay = "mask";
     paintLabels($("overlay-canvas"), state.result, alpha, outline);
+  }
+
+  async function decodeHeat(files) {
+    // the per-label uncertainty PNGs (255 = most uncertain) -> one map, the largest over the labels
+    if (!files || !files.length) return null;
+    let heat = null;
+    for (const file of files) {
+      const map = await decodeLabels(new Blob([base64Bytes(file)], { type: "image/png" }));
+      if (!heat) heat = map;
+      else for (let i = 0; i < heat.labels.length; i++) heat.labels[i] = Math.max(heat.labels[i], map.labels[i]);
+    }
+    return heat;
+  }
+
+  function paintHeat(canvas, { width, height, labels }, alpha) {
+    // transparent where certain, through yellow to red where most uncertain
+    canvas.width = width;
+    canvas.height = height;
+    const ctx = canvas.getContext("2d");
+    const out = ctx.createImageData(width, height);
+    const d = out.data;
+    for (let i = 0; i < labels.length; i++) {
+      const u = labels[i] / 255;
+      d[4 * i] = 255;
+      d[4 * i + 1] = Math.round(255 * (1 - u));
+      d[4 * i + 2] = 0;
+      d[4 * i + 3] = Math.round(alpha * Math.min(1, 1.5 * u));
+    }
+    ctx.putImageData(out, 0, 0);
+  }
+
+  function renderQuality(body, names) {
+    // confidence per label and the warnings, as the API words them
+    const line = $("confidence");
+    line.replaceChildren();
+    const entries = Object.entries(body.confidence || {});
+    if (entries.length) {
+      line.append("Confidence: ");
+      entries.forEach(([label, value], i) => {
+        const low = (body.low_confidence_labels || []).includes(Number(label));
+        const name = names[label] && names[label] !== `label ${label}` ? ` · ${names[label]}` : "";
+        const part = Object.assign(document.createElement("span"), {
+          textContent: `${label}${name} ${Number(value).toFixed(2)}${low ? " (low)" : ""}`,
+        });
+        if (low) part.className = "low";
+        line.append(...(i ? [", ", part] : [part]));
+      });
+      if (body.calibrated === false) line.append(" (thresholds not calibrated for these weights)");
+    }
+    const list = $("warnings");
+    list.replaceChildren();
+    for (const warning of body.warnings || []) list.append(Object.assign(document.createElement("li"), { textContent: warning }));
   }
 
   function renderLegend({ values, names }) {
@@ -373,6 +435,7 @@
       if ($("select").value) form.append("select", $("select").value);
       if ($("support-size").value) form.append("support_size", $("support-size").value);
       form.append("output", "json");
+      form.append("uncertainty", "true");  // the heat map switch needs no second request
       button.disabled = true;
       say("Segmenting…", "busy");
       const started = performance.now();
@@ -396,6 +459,7 @@
     link.setAttribute("aria-disabled", "false");
     const names = { ...labelNames(), ...(body.label_names || {}) };
     renderLegend({ values: body.labels_present || body.labels, names });
+    renderQuality(body, names);
     const t = body.timings || {};
     const sel = body.selection;
     $("timings").textContent = `server: decode ${t.decode} ms · model ${t.model} ms · encode ${t.encode} ms; ` +
@@ -417,6 +481,7 @@
       $("stage").dataset.state = "query";
     }
     state.result = { ...mask, values: body.labels, names };
+    state.heat = await decodeHeat(body.uncertainty);
     $("stage").dataset.state = "result";
     renderOverlay();
     const found = mask.labels.reduce((n, v) => n + (v ? 1 : 0), 0);
@@ -474,6 +539,7 @@
     $("segment").addEventListener("click", segment);
     $("try-example").addEventListener("click", tryExample);
     $("opacity").addEventListener("input", renderOverlay);
+    $("heat").addEventListener("change", renderOverlay);
     for (const radio of document.querySelectorAll('input[name="mode"]')) radio.addEventListener("change", renderOverlay);
     refreshStatus();
   }
