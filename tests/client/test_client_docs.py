@@ -37,6 +37,9 @@ def _doc_files(folder: Path, rng) -> None:
     support, support_mask = ball_volume(rng, (24, 20, 10))
     save_nifti(support, folder / "support1.nii.gz")
     save_nifti(support_mask, folder / "support1_mask.nii.gz")
+    for name, z in (("slice60", 4), ("slice80", 6)):  # 2D pairs cut from a support volume (support_positions)
+        save_png(np.clip(support[..., z] / 2, 0, 255).astype(np.uint8), folder / f"{name}.png")
+        save_png(support_mask[..., z], folder / f"{name}_mask.png")
     (folder / "ct").mkdir()
     for i, data in enumerate(series(np.clip(volume, 0, 4000).astype(np.uint16)[..., :6])):
         (folder / "ct" / f"IM{i:04d}.dcm").write_bytes(data)
