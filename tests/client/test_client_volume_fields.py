@@ -120,3 +120,26 @@ def test_progress_bar_counts_skipped_slices_as_its_start(capsys):
     reporter.update(64, 155)
     assert bar.n == 64 and bar.format_dict["initial"] == 60
     reporter.close()
+
+
+def test_cli_local_support_positions_skip_far_slices(tmp_path, rng, tiny_weights):
+    """`icseg segment --support-positions` in-process: the same skipping as the service's field."""
+    import nibabel as nib
+    from testkit.inputs import save_png
+
+    from cli.main import main
+
+    volume, _ = ball_volume(rng, (20, 18, 30))
+    other, mask = ball_volume(rng, (20, 18, 30))
+    query = save_nifti(volume, tmp_path / "q.nii.gz")
+    images, masks = [], []
+    for z in (14, 16):
+        images.append(str(save_png(np.clip(other[..., z] / 4, 0, 255).astype(np.uint8), tmp_path / f"i{z}.png")))
+        masks.append(str(save_png(mask[..., z], tmp_path / f"m{z}.png")))
+    args = ["segment", "--weights", str(tiny_weights), "--query", str(query), "--support-images", *images,
+            "--support-masks", *masks, "--no-progress", "--threshold", "0"]
+    assert main([*args, "--out", str(tmp_path / "all")]) == 0
+    assert main([*args, "--out", str(tmp_path / "near"), "--support-positions", "0.48", "0.55"]) == 0
+    full, near = (np.asarray(nib.load(tmp_path / d / "q.nii.gz").dataobj) for d in ("all", "near"))
+    assert full[..., :12].any() and not near[..., :12].any() and not near[..., 19:].any()  # 0.38..0.65 run
+    np.testing.assert_array_equal(near[..., 12:19], full[..., 12:19])
