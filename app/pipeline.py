@@ -123,7 +123,8 @@ async def segment_form(
         f"random: support_size items drawn at random, seeded. Unset on a larger set: {LARGE_DEFAULT}")] = None,
     support_size: Annotated[int | None, Form(
         ge=1, description="2D support sets: how many items the query uses (with select=similar or random); at "
-        "most the set's size and ICSEG_MAX_SUPPORT (unset: all of them, capped at ICSEG_MAX_SUPPORT)")] = None,
+        "most the set's size and ICSEG_MAX_SUPPORT (unset: all of them; 16 from a set larger than ICSEG_MAX_SUPPORT)")
+    ] = None,
     uncertainty: Annotated[bool, Form(
         description="also return per-pixel uncertainty maps (the answer is then JSON): 2 x the std of the ensemble "
         "members' probabilities, or the binary entropy when ensemble=1; one 8-bit PNG per label (2D, 255 = 1.0) or "

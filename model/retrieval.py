@@ -30,6 +30,7 @@ SELECTS: tuple[str, ...] = ("all", "similar", "random")
 # what an unset ``select`` means for a support set larger than the model takes at once: chosen by the table of
 # docs/examples-guide.md (`icseg eval --select similar,random`)
 LARGE_DEFAULT: Select = "similar"
+LARGE_SIZE = 16  # and how many items of such a set a query uses when support_size is unset (same table)
 EMBED_SLICES = 16  # a volume query embeds as the mean of this many evenly spaced slices
 EMBED_SIDE = 16  # the pooled image's side: D = 256; cheap, and coarse enough to ignore texture noise
 
@@ -71,8 +72,8 @@ def resolve(select: str | None, support_size: int | None, pool: int, max_support
     """A request's (select, k) with the defaults filled in, validated (``check_select``).
 
     Unset ``select``: ``all`` when the set fits the model (``pool <= max_support``) and no smaller
-    ``support_size`` is asked, else ``large_default``. Unset ``support_size``: the whole set, capped at
-    ``max_support``.
+    ``support_size`` is asked, else ``large_default``. Unset ``support_size``: the whole set when it fits the
+    model, else ``LARGE_SIZE`` (capped at ``max_support``).
     """
     if select is None:
         fits = pool <= max_support and (support_size is None or support_size >= pool)
@@ -80,7 +81,7 @@ def resolve(select: str | None, support_size: int | None, pool: int, max_support
     if select == "all":
         check_select(select, support_size, pool, max_support)
         return "all", pool
-    k = support_size if support_size is not None else min(pool, max_support)
+    k = support_size if support_size is not None else (pool if pool <= max_support else min(LARGE_SIZE, max_support))
     check_select(select, k, pool, max_support)
     return select, k  # type: ignore[return-value]
 

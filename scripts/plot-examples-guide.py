@@ -116,6 +116,27 @@ def plot_selection(data: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def paired_differences(data: dict) -> str:
+    """similar minus random per dataset (labels averaged first), with and without ensembling: the mean over
+    datasets, its standard error and how many datasets favour similar."""
+    rows = data["rows"]
+    per: dict = defaultdict(list)
+    for r in rows:
+        per[(r["dataset"], r["method"], r["support_size"])].append(r["dice"])
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    lines = ["| k | ensemble | similar - random (mean over datasets) | standard error | datasets favouring similar |",
+             "|---|---|---|---|---|"]
+    for k in data["support_sizes"]:
+        for suffix, ens in (("", 1), (" ens4", 4)):
+            diffs = np.array([np.mean(per[(d, "similar" + suffix, k)]) - np.mean(per[(d, "random" + suffix, k)])
+                              for d in datasets if (d, "similar" + suffix, k) in per])
+            if diffs.size == 0:
+                continue
+            se = diffs.std(ddof=1) / np.sqrt(diffs.size) if diffs.size > 1 else float("nan")
+            lines.append(f"| {k} | {ens} | {diffs.mean():+.3f} | {se:.3f} | {(diffs > 0).sum()} of {diffs.size} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval", type=Path, default=DOCS / "eval-gen2.json", help="icseg eval's JSON (Dice vs S)")
@@ -126,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write("Dice against S (mean over datasets)\n\n" + table + "\n\n")
     if args.select.exists():
         table = plot_selection(json.loads(args.select.read_text()), args.out / "examples-selection.png")
-        sys.stdout.write("select (mean over datasets)\n\n" + table + "\n")
+        sys.stdout.write("select (mean over datasets)\n\n" + table + "\n\n")
+        sys.stdout.write(paired_differences(json.loads(args.select.read_text())) + "\n")
     return 0
 
 

@@ -138,7 +138,8 @@ class Client(BaseClient):
             select: 2D support sets: which items the query uses: "all" (service default while the set fits the
                 model), "similar" (the ``support_size`` items nearest to the query) or "random" (seeded); a
                 stored prompt may hold up to 512 items, more than the model takes at once (64).
-            support_size: 2D support sets: how many items the query uses (with "similar" or "random").
+            support_size: 2D support sets: how many items the query uses (with "similar" or "random"; service
+                default: all while the set fits the model, else 16).
                 ``result.selection`` says what ran.
             uncertainty: also return per-pixel uncertainty maps, ``result.uncertainty``: (K, H, W) for 2D
                 queries, (K, H, W, D) for volumes, in [0, 1]. Every result also carries ``confidence`` per

@@ -46,6 +46,10 @@ def test_the_defaults(make_client, rng):
     body = client.post("/segment", files=_query(rng) + support_files(rng, 4, size=(24, 28)),
                        data={"output": "json"}).json()
     assert body["selection"] == {"select": "all", "support_size": 4, "pool": 4}  # fits: all of it
+    client = make_client()  # the model takes 64: 16 of a larger prompt (docs/examples-guide.md)
+    prompt = _store(client, rng, 65)
+    body = client.post("/segment", files=_query(rng), data={"prompt_id": prompt["id"], "output": "json"}).json()
+    assert body["selection"] == {"select": "similar", "support_size": 16, "pool": 65}
 
 
 def test_random_is_reproducible(client, rng, big_prompt):

@@ -103,6 +103,8 @@ def test_defaults():
     assert retrieval.resolve(None, 8, 8, max_support=8, large_default="similar") == ("all", 8)
     # a larger set, or fewer asked: the large default, at most what the model takes
     assert retrieval.resolve(None, None, 100, max_support=8, large_default="similar") == ("similar", 8)
+    assert retrieval.resolve(None, None, 100, max_support=64, large_default="similar") == ("similar", 16)
+    assert retrieval.resolve("random", None, 100, max_support=64, large_default="similar") == ("random", 16)
     assert retrieval.resolve(None, 3, 6, max_support=8, large_default="random") == ("random", 3)
     assert retrieval.resolve("random", None, 5, max_support=8, large_default="similar") == ("random", 5)
 
