@@ -101,7 +101,7 @@ async def segment_form(
     ] = None,
     support_slices: Annotated[int | None, Form(
         ge=1, le=64, description="volumes with 3D support: support slices per query slice and label, in all, "
-        "spread over the support volumes by position (default 16, capped by ICSEG_MAX_SUPPORT); cost grows with "
+        "spread over the support volumes by position (default 8, capped by ICSEG_MAX_SUPPORT); cost grows with "
         "it")] = None,
     skip_margin: Annotated[float, Form(
         ge=0, le=1, description="volumes with 3D support: query slices farther than this relative depth outside "

@@ -39,6 +39,7 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "b16+c2": {"support_slices": 16, "skip_margin": 0.1, "coarse": 2},
     "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
     "b8+c2": {"support_slices": 8, "skip_margin": 0.1, "coarse": 2},
+    "b8+c3": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3},
     "b16+m0.05": {"support_slices": 16, "skip_margin": 0.05, "coarse": 1},
     "new+cascade": {"cascade": True},
     "s8": {"support_slices": 8},
@@ -98,6 +99,23 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * np.logical_and(pred, truth).sum() / total)
 
 
+def pass_sizes(segmenter: Segmenter, pairs=((1, 16), (4, 16), (16, 16), (2, 8), (8, 8), (1, 64), (4, 1), (16, 1))):
+    """Seconds per (slice, label) task of one forward pass of B tasks with S support items each (random
+    inputs; a warm-up pass first): where a volume's time goes."""
+    n = segmenter.size
+    print("| tasks per pass B | support items S | seconds per pass | seconds per task |\n|---:|---:|---:|---:|")
+    for b, s in pairs:
+        q, si = torch.rand(b, 1, n, n), torch.rand(b, s, 1, n, n)
+        sm = (torch.rand(b, s, 1, n, n) > 0.5).float()
+        segmenter.predict_torch(q, si, sm)
+        repeats = max(1, 16 // b)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            segmenter.predict_torch(q, si, sm)
+        per_pass = (time.perf_counter() - start) / repeats
+        print(f"| {b} | {s} | {per_pass:.2f} | {per_pass / b:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", nargs="+", default=["pat0001"], help="BraTS cases segmented")
@@ -113,9 +131,13 @@ def main() -> None:
                         help="instead of BraTS: a 2D set whose images/ and masks/ are <case>_<slice>.png, rebuilt "
                         "into one small volume per case (--queries and --support name cases)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--pass-sizes", action="store_true",
+                        help="only time one forward pass per (tasks B, support items S) pair: seconds per task")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.pass_sizes:
+        return pass_sizes(Segmenter.from_pretrained())
 
     real = (BRATS / "images").is_dir() or args.folder is not None
     if args.folder is not None:

@@ -38,7 +38,7 @@ def add_segment_options(parser) -> None:
     volumes = parser.add_argument_group("volumes with 3D support (the API's fields of the same names)")
     volumes.add_argument("--support-slices", type=int, default=None, metavar="N",
                          help="support slices per query slice and label, in all, spread over the support volumes "
-                         "by position (default 16); the cost grows with it")
+                         "by position (default 8); the cost grows with it")
     volumes.add_argument("--skip-margin", type=float, default=None, metavar="M",
                          help="skip query slices farther than this relative depth (0-1) outside every support "
                          "volume's labelled range; they are background (default 0.1; 1 never skips)")

@@ -121,7 +121,7 @@ class Client(BaseClient):
             ensemble: average over this many random subsets of the support set (1 to 16).
             axis: volumes: the slicing axis (service default 2, axial for RAS NIfTI).
             support_slices: volumes with 3D support: support slices per query slice and label, in all, spread
-                over the support volumes by position (service default 16). The cost grows with it.
+                over the support volumes by position (service default 8). The cost grows with it.
             skip_margin: volumes with 3D support: query slices farther than this relative depth (0-1) outside
                 every support volume's labelled range are skipped and set to background (service default
                 0.1; 1 never skips). ``result.volume["skipped"]`` lists them.

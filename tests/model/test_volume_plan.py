@@ -86,8 +86,8 @@ def test_bad_options_name_their_field(options, field):
 
 
 def test_default_budget_is_capped_by_the_model():
-    assert plan.VolumeOptions().budget(64) == plan.DEFAULT_SUPPORT_SLICES == 16
-    assert plan.VolumeOptions().budget(8) == 8
+    assert plan.VolumeOptions().budget(64) == plan.DEFAULT_SUPPORT_SLICES == 8
+    assert plan.VolumeOptions().budget(4) == 4
 
 
 def test_cascade_starts_in_the_middle_of_the_labelled_range():

@@ -172,7 +172,8 @@ def test_coarse_to_fine_runs_fewer_tasks_for_the_same_mask(segmenter, rng, monke
     images, masks = _support(rng)
     monkeypatch.setattr(segmenter, "predict_torch", lambda q, si, sm: (q > 0.6).float())
     support = segmenter.prepare_volume_support(images, masks)
-    full = volumes.predict_with_volumes(segmenter, query, support, VolumeOptions(support_slices=4, skip_margin=None))
+    full = volumes.predict_with_volumes(segmenter, query, support,
+                                        VolumeOptions(support_slices=4, skip_margin=None, coarse=1))
     coarse = volumes.predict_with_volumes(segmenter, query, support,
                                           VolumeOptions(support_slices=4, skip_margin=None, coarse=3))
     assert (full.mask > 0).any(axis=(0, 1)).tolist() == (truth > 0).any(axis=(0, 1)).tolist()
