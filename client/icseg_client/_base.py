@@ -35,6 +35,7 @@ from ._errors import (
     status_error,
 )
 from ._inputs import Upload, decode_2d, decode_probs, to_upload, to_uploads
+from ._quality import quality_fields, uncertainty_maps
 from ._types import Job, Prompt, SegmentResult
 from ._version import __version__
 
@@ -252,7 +253,7 @@ class BaseClient:
             labels_present=[int(v) for v in body.get("labels_present", [])],
             segments=list(body.get("segments") or []),
             selection=body.get("selection"),
-            uncertainty=_maps(body.get("uncertainty"), body.get("volume") is not None),
+            uncertainty=uncertainty_maps(body.get("uncertainty"), body.get("volume") is not None),
             **quality_fields(body),
         )
 
@@ -292,25 +293,6 @@ class BaseClient:
     @staticmethod
     def _timer() -> float:
         return time.perf_counter()
-
-
-def _maps(files: list[str] | None, volume: bool) -> np.ndarray | None:
-    """The uncertainty maps of a JSON answer: (K, H, W) from 8-bit PNGs (/255) or (K, H, W, D) from a float
-    NIfTI (H, W, D, K)."""
-    if not files:
-        return None
-    if volume:
-        return decode_probs(base64.b64decode(files[0]))
-    return np.stack([decode_2d(base64.b64decode(f)) for f in files]).astype(np.float32) / 255
-
-
-def quality_fields(body: dict) -> dict:
-    """How sure an answer is (a /segment body or a finished job): ``SegmentResult``'s quality attributes."""
-    return {"confidence": {int(k): float(v) for k, v in (body.get("confidence") or {}).items()},
-            "low_confidence": bool(body.get("low_confidence")),
-            "low_confidence_labels": [int(v) for v in body.get("low_confidence_labels") or []],
-            "mismatch": body.get("mismatch"), "calibrated": body.get("calibrated"),
-            "warnings": list(body.get("warnings") or [])}
 
 
 def request_fields(support_slices: int | None, skip_margin: float | None, cascade: bool | None,
