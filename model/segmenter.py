@@ -191,8 +191,8 @@ class Segmenter:
             gray = to_gray(q, field="query" if len(queries) == 1 else f"query[{i}]")  # (H_i, W_i)
             shapes.append(gray.shape)
             prepared.append(prepare_gray(gray, self.size, self.clip_percentiles))
-        probs, std = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, progress, flip,
-                                           should_stop=should_stop, spread=True)
+        probs, std = self.predict_prepared(torch.stack(prepared), [support] * len(prepared), ensemble, flip=flip,
+                                           progress=progress, should_stop=should_stop, spread=True)
         # (B, K, N, N) -> per query (K, H_i, W_i); clamp, not clamp_: at the network's own size resize returns
         # the inference tensor itself, which cannot be changed in place outside inference mode
         out = [resize(p, s).clamp(0, 1).numpy() for p, s in zip(probs, shapes)]
@@ -210,9 +210,8 @@ class Segmenter:
 
     @torch.inference_mode()
     def predict_prepared(
-        self, queries: torch.Tensor, supports: list[PreparedSupport], ensemble: int = 1,
-        progress: ProgressFn | None = None, flip: bool = False, should_stop: ShouldStop | None = None,
-        spread: bool = False,
+        self, queries: torch.Tensor, supports: list[PreparedSupport], ensemble: int = 1, flip: bool = False,
+        progress: ProgressFn | None = None, should_stop: ShouldStop | None = None, spread: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Prepared queries, one prepared support per query -> probabilities at the network's size.
 
@@ -244,7 +243,7 @@ class Segmenter:
         n_labels = len(supports[0].labels)
         out = torch.zeros(len(supports), n_labels, self.size, self.size)
         counts = torch.zeros(len(supports), n_labels, 1, 1)
-        squares = torch.zeros_like(out) if spread else None  # sum of the members' squares: their std, no copies
+        squares = torch.zeros_like(out)  # the members' squares, summed: their std without keeping them
         done_queries = 0
         start = 0
         limit = self.max_batch_items  # query x support items per pass; shrunk to about CHUNK_S of work
@@ -268,8 +267,7 @@ class Segmenter:
             for (qi, li, _, _, _), pi in zip(chunk, p):
                 out[qi, li] += pi
                 counts[qi, li] += 1
-                if squares is not None:
-                    squares[qi, li] += pi * pi
+                squares[qi, li] += pi * pi
             per_item = (time.perf_counter() - began) / (len(chunk) * s)
             limit = int(min(self.max_batch_items, max(s, CHUNK_S / max(per_item, 1e-9))))
             start = stop
@@ -280,7 +278,7 @@ class Segmenter:
                     done_queries = now
                     progress(done_queries, len(supports))
         mean = out / counts.clamp_min(1)
-        if squares is None:
+        if not spread:
             return mean
         many = counts.numel() and float(counts.max()) > 1  # members: subsets x mirrors; one member has no std
         return mean, (squares / counts.clamp_min(1) - mean * mean).clamp_min(0).sqrt() if many else None
