@@ -16,9 +16,9 @@ from ._base import (
     log,
     object_id,
     poll_delay,
-    request_fields,
 )
 from ._errors import APITimeoutError, IcsegError
+from ._fields import request_fields
 from ._inputs import ImageInput, decode_probs
 from ._types import Job, Prompt, SegmentResult
 
