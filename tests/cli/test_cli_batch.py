@@ -37,7 +37,7 @@ def _summary(path) -> dict[str, dict]:
 
 
 def _masks(out) -> dict[str, np.ndarray]:
-    return {p.name: read_mask(p).array for p in sorted(out.iterdir()) if not p.name.endswith(".csv")}
+    return {p.name: read_mask(p).array for p in sorted(out.iterdir()) if not p.name.endswith((".csv", ".quality.json"))}
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,12 @@ def test_prompt_created_on_one_replica_is_served_through_the_proxy(tmp_path, tin
             assert answer.status_code == 200, answer.text
             assert answer.headers["x-request-id"] == request_id
             assert answer.content == expected.content
-        served = [[i for i in ids if f"request_id={i} " in r.log()] for r in replicas]
+        deadline = time.monotonic() + 15  # a replica writes its access line just after it answers
+        while True:
+            served = [[i for i in ids if f"request_id={i} " in r.log()] for r in replicas]
+            if sorted(served[0] + served[1]) == ids or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert all(served) and sorted(served[0] + served[1]) == ids, served
 
         # a job's status and result come from the replica that took it (hash on the client address)

@@ -222,9 +222,10 @@ ATTACKS = [
            "invalid_input", "support_masks[0]", "shape"),
     # counts
     Attack("10000-support-items", _ten_thousand_items, 422, "too_many_support_items", "support_images", "fewer"),
-    Attack("65-support-items", lambda http, rng: http.post("/segment", files=[query_file(rng)]
-                                                           + support_files(rng, 65)),
-           422, "too_many_support_items", "support_images", "64"),
+    # 65 items are a large set the model picks 16 of (select=similar); above ICSEG_MAX_PROMPT_SUPPORT is refused
+    Attack("513-support-items", lambda http, rng: http.post("/segment", files=[query_file(rng)]
+                                                            + support_files(rng, 513, size=(16, 16))),
+           422, "too_many_support_items", "support_images", "512"),
     Attack("3-images-2-masks", lambda http, rng: http.post("/segment", files=[query_file(rng)]
                                                            + support_files(rng, 3)[:-1]),
            422, "support_count_mismatch", "support_masks", "pair"),

@@ -48,7 +48,7 @@ def _alice_owns(client) -> tuple[str, str]:
 ID_ROUTES = {
     ("GET", "/prompts/{prompt_id}"), ("DELETE", "/prompts/{prompt_id}"),
     ("GET", "/jobs/{job_id}"), ("GET", "/jobs/{job_id}/result"), ("GET", "/jobs/{job_id}/probs"),
-    ("DELETE", "/jobs/{job_id}"),
+    ("GET", "/jobs/{job_id}/uncertainty"), ("DELETE", "/jobs/{job_id}"),
 }
 FORM_ROUTES = {("POST", "/segment"), ("POST", "/jobs")}  # prompt_id in the form
 LIST_ROUTES = {("GET", "/prompts")}
