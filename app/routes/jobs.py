@@ -99,17 +99,7 @@ async def job_result(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
             summary="The per-label probabilities of a finished volume job")
 async def job_probs(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
     job = jobs.get(job_id, tenant)
-    if job.status != "done" or job.probs_path is None:
-        state = job.status if job.status != "done" else "done without output=probs"
-        raise ApiError(f"job {job_id} has no probabilities: it is {state}", code=f"job_{job.status}"
-                       if job.status != "done" else "invalid_input", retry_after=None if job.finished else 1)
-    try:
-        payload = job.probs_path.read_bytes()
-    except FileNotFoundError as exc:
-        raise JobNotFound(f"the result of job {job_id} has expired") from exc
-    headers = {"Content-Disposition": 'attachment; filename="probs.nii.gz"',
-               "X-Labels": ",".join(map(str, job.labels or []))}
-    return Response(payload, media_type="application/gzip", headers=headers)
+    return _volume_maps(job, job.probs_path, "probabilities", "output=probs", "probs.nii.gz")
 
 
 @router.get("/{job_id}/uncertainty", response_class=Response,
@@ -121,15 +111,20 @@ async def job_probs(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
             summary="The per-label uncertainty maps of a finished volume job")
 async def job_uncertainty(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
     job = jobs.get(job_id, tenant)
-    if job.status != "done" or job.uncertainty_path is None:
-        state = job.status if job.status != "done" else "done without uncertainty=true"
-        raise ApiError(f"job {job_id} has no uncertainty maps: it is {state}", code=f"job_{job.status}"
+    return _volume_maps(job, job.uncertainty_path, "uncertainty maps", "uncertainty=true", "uncertainty.nii.gz")
+
+
+def _volume_maps(job, path, what: str, asked_with: str, filename: str) -> Response:
+    """A finished volume job's per-label maps file (gzipped NIfTI), or the 409/404 that says why there is none."""
+    if job.status != "done" or path is None:
+        state = job.status if job.status != "done" else f"done without {asked_with}"
+        raise ApiError(f"job {job.id} has no {what}: it is {state}", code=f"job_{job.status}"
                        if job.status != "done" else "invalid_input", retry_after=None if job.finished else 1)
     try:
-        payload = job.uncertainty_path.read_bytes()
+        payload = path.read_bytes()
     except FileNotFoundError as exc:
-        raise JobNotFound(f"the result of job {job_id} has expired") from exc
-    headers = {"Content-Disposition": 'attachment; filename="uncertainty.nii.gz"',
+        raise JobNotFound(f"the result of job {job.id} has expired") from exc
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"',
                "X-Labels": ",".join(map(str, job.labels or []))}
     return Response(payload, media_type="application/gzip", headers=headers)
 
