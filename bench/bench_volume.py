@@ -40,6 +40,8 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
     "b8+c2": {"support_slices": 8, "skip_margin": 0.1, "coarse": 2},
     "b8+c3": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3},
+    "b8+c4": {"support_slices": 8, "skip_margin": 0.1, "coarse": 4},
+    "b8+c3+m0.05": {"support_slices": 8, "skip_margin": 0.05, "coarse": 3},
     "b16+m0.05": {"support_slices": 16, "skip_margin": 0.05, "coarse": 1},
     "new+cascade": {"cascade": True},
     "s8": {"support_slices": 8},
