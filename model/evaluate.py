@@ -86,6 +86,14 @@ def segmenter_predictor(segmenter: Segmenter, **options) -> Predictor:
     return predict
 
 
+def draw_queries(name: str, label: int, present: np.ndarray, seed: int, n_queries: int
+                 ) -> tuple[np.random.Generator, np.ndarray]:
+    """The held-out queries of one (dataset, label), and the generator that then draws their support sets:
+    the same for every evaluation of the same seed (``evaluate`` and ``model.evaluate_select``)."""
+    rng = np.random.default_rng([seed, zlib.crc32(f"{name}/{label}".encode())])
+    return rng, rng.choice(present, size=min(n_queries, present.size - 1), replace=False)
+
+
 def evaluate(
     predictors: dict[str, Predictor],
     folder: DatasetFolder,
@@ -121,8 +129,7 @@ def evaluate(
             present = np.array([i for i, m in enumerate(masks) if (m == label).any()])
             if present.size < 2:
                 continue
-            rng = np.random.default_rng([seed, zlib.crc32(f"{name}/{label}".encode())])
-            queries = rng.choice(present, size=min(n_queries, present.size - 1), replace=False)
+            rng, queries = draw_queries(name, label, present, seed, n_queries)
             for q in tqdm(queries, desc=f"{name}/{label}", disable=not progress):
                 pool = np.array([i for i in present if may_pair(cases[q], cases[i])], dtype=int)
                 if pool.size == 0:

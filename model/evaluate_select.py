@@ -9,7 +9,6 @@ and without ensembling; ``all`` runs the whole pool at once as the reference. Di
 from __future__ import annotations
 
 import time
-import zlib
 from collections import defaultdict
 
 import numpy as np
@@ -18,7 +17,7 @@ from tqdm import tqdm
 
 from data.datasets import DatasetFolder, may_pair
 from data.preprocess import prepare_gray, prepare_mask, resize, to_gray
-from model.evaluate import _dice, _load_2d
+from model.evaluate import _dice, _load_2d, draw_queries
 from model.retrieval import choose, embed, subset
 from model.segmenter import Segmenter
 from model.support import PreparedSupport
@@ -64,8 +63,7 @@ def evaluate_selection(
                 continue
             label_masks = {int(i): prepare_mask(masks[i], [label], size)[0] for i in present}  # (N, N) each
             # the same draws as model.evaluate.evaluate: same queries, and the pool is its first P support items
-            rng = np.random.default_rng([seed, zlib.crc32(f"{name}/{label}".encode())])
-            queries = rng.choice(present, size=min(n_queries, present.size - 1), replace=False)
+            rng, queries = draw_queries(name, label, present, seed, n_queries)
             for q in tqdm(queries, desc=f"{name}/{label}", disable=not progress):
                 allowed = np.array([i for i in present if may_pair(cases[q], cases[i])], dtype=int)
                 if allowed.size == 0:
