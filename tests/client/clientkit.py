@@ -33,3 +33,20 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 
 def which_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def form_fields(app_client, path: str) -> set[str]:
+    """The multipart form fields the service's OpenAPI schema lists for POST ``path``."""
+    schema = app_client.get("/openapi.json").json()
+    body = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    if "$ref" in body:
+        body = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
+    return set(body["properties"])
+
+
+def cli_subparser(name: str):
+    """The argparse parser of ``icseg <name>``."""
+    from cli.main import build_parser
+
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    return action.choices[name]

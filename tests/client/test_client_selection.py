@@ -9,10 +9,11 @@ import inspect
 
 import numpy as np
 import pytest
+from clientkit import cli_subparser, form_fields
 from icseg_client import AsyncClient, Client, InvalidInputError, UnprocessableEntityError
 from testkit.inputs import disk_pair, save_png
 
-from cli.main import build_parser, main
+from cli.main import main
 from data.io import read_image, read_mask
 from model import retrieval
 from model.segmenter import Segmenter
@@ -21,26 +22,13 @@ from model.weights import load_model
 FIELDS = {"select", "support_size"}
 
 
-def _form_fields(app_client, path: str) -> set[str]:
-    schema = app_client.get("/openapi.json").json()
-    body = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    if "$ref" in body:
-        body = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
-    return set(body["properties"])
-
-
-def _segment_parser():
-    action = next(a for a in build_parser()._actions if a.dest == "command")
-    return action.choices["segment"]
-
-
 def test_the_same_names_in_api_sdk_and_cli(app_client):
     for path in ("/segment", "/jobs"):
-        assert FIELDS <= _form_fields(app_client, path), path
+        assert FIELDS <= form_fields(app_client, path), path
     for cls in (Client, AsyncClient):
         for method in ("segment", "create_job", "segment_volume"):
             assert FIELDS <= set(inspect.signature(getattr(cls, method)).parameters), (cls.__name__, method)
-    parser = _segment_parser()
+    parser = cli_subparser("segment")
     assert FIELDS <= {a.dest for a in parser._actions}
     assert {"--select", "--support-size"} <= {s for a in parser._actions for s in a.option_strings}
 

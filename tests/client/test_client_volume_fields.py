@@ -9,38 +9,23 @@ import inspect
 
 import numpy as np
 import pytest
+from clientkit import cli_subparser, form_fields
 from icseg_client import AsyncClient, Client, InvalidInputError
 from testkit.inputs import ball_volume, save_nifti
-
-from cli.main import build_parser
 
 FIELDS = {"support_slices", "ensemble", "axis", "skip_margin", "cascade", "support_positions"}
 
 
-def _form_fields(app_client, path: str) -> set[str]:
-    schema = app_client.get("/openapi.json").json()
-    body = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    if "$ref" in body:
-        body = schema["components"]["schemas"][body["$ref"].rsplit("/", 1)[-1]]
-    return set(body["properties"])
-
-
-def _subparser(name: str):
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")
-    return action.choices[name]
-
-
 def test_the_same_names_in_api_sdk_and_cli(app_client):
     for path in ("/segment", "/jobs"):
-        assert FIELDS <= _form_fields(app_client, path), path
+        assert FIELDS <= form_fields(app_client, path), path
     for cls in (Client, AsyncClient):
         for method in ("segment", "create_job", "segment_volume"):
             assert FIELDS <= set(inspect.signature(getattr(cls, method)).parameters), (cls.__name__, method)
     for command in ("segment", "batch"):
-        dests = {a.dest for a in _subparser(command)._actions}
+        dests = {a.dest for a in cli_subparser(command)._actions}
         assert FIELDS <= dests, command
-    flags = {s for a in _subparser("segment")._actions for s in a.option_strings}
+    flags = {s for a in cli_subparser("segment")._actions for s in a.option_strings}
     assert {"--support-slices", "--skip-margin", "--cascade", "--no-cascade", "--ensemble", "--axis",
             "--support-positions"} <= flags
 
