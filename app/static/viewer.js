@@ -172,28 +172,34 @@
     return { width: bitmap.width, height: bitmap.height, labels };
   }
 
-  function paintLabels(canvas, { width, height, labels }, alpha = 255, outline = false) {
+  function paintPixels(canvas, width, height, fill) {
+    // size the canvas to the map and let fill(d) write its RGBA bytes
     canvas.width = width;
     canvas.height = height;
     const ctx = canvas.getContext("2d");
     const out = ctx.createImageData(width, height);
-    const d = out.data;
-    for (let i = 0; i < labels.length; i++) {
-      const label = labels[i];
-      if (!label) continue;
-      if (outline) {
-        const x = i % width;
-        const inside = x > 0 && x < width - 1 && i >= width && i < labels.length - width &&
-          labels[i - 1] === label && labels[i + 1] === label && labels[i - width] === label && labels[i + width] === label;
-        if (inside) continue;
-      }
-      const [r, g, b] = labelColour(label);
-      d[4 * i] = r;
-      d[4 * i + 1] = g;
-      d[4 * i + 2] = b;
-      d[4 * i + 3] = alpha;
-    }
+    fill(out.data);
     ctx.putImageData(out, 0, 0);
+  }
+
+  function paintLabels(canvas, { width, height, labels }, alpha = 255, outline = false) {
+    paintPixels(canvas, width, height, (d) => {
+      for (let i = 0; i < labels.length; i++) {
+        const label = labels[i];
+        if (!label) continue;
+        if (outline) {
+          const x = i % width;
+          const inside = x > 0 && x < width - 1 && i >= width && i < labels.length - width &&
+            labels[i - 1] === label && labels[i + 1] === label && labels[i - width] === label && labels[i + width] === label;
+          if (inside) continue;
+        }
+        const [r, g, b] = labelColour(label);
+        d[4 * i] = r;
+        d[4 * i + 1] = g;
+        d[4 * i + 2] = b;
+        d[4 * i + 3] = alpha;
+      }
+    });
   }
 
   function renderPairs() {
@@ -352,19 +358,15 @@
 
   function paintHeat(canvas, { width, height, labels }, alpha) {
     // transparent where certain, through yellow to red where most uncertain
-    canvas.width = width;
-    canvas.height = height;
-    const ctx = canvas.getContext("2d");
-    const out = ctx.createImageData(width, height);
-    const d = out.data;
-    for (let i = 0; i < labels.length; i++) {
-      const u = labels[i] / 255;
-      d[4 * i] = 255;
-      d[4 * i + 1] = Math.round(255 * (1 - u));
-      d[4 * i + 2] = 0;
-      d[4 * i + 3] = Math.round(alpha * Math.min(1, 1.5 * u));
-    }
-    ctx.putImageData(out, 0, 0);
+    paintPixels(canvas, width, height, (d) => {
+      for (let i = 0; i < labels.length; i++) {
+        const u = labels[i] / 255;
+        d[4 * i] = 255;
+        d[4 * i + 1] = Math.round(255 * (1 - u));
+        d[4 * i + 2] = 0;
+        d[4 * i + 3] = Math.round(alpha * Math.min(1, 1.5 * u));
+      }
+    });
   }
 
   function renderQuality(body, names) {
