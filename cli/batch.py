@@ -27,6 +27,7 @@ from cli.common import (
     UsageError,
     add_command,
     add_segment_options,
+    add_selection_options,
     check_segment_options,
     expand,
     is_image_file,
@@ -70,6 +71,7 @@ def register(subparsers) -> None:
     p.add_argument("--weights", help="weights file (default: ICSEG_WEIGHTS, then the embedded default model); "
                    "on a cluster it must exist at this path on every node")
     add_segment_options(p)
+    add_selection_options(p)
     ray_group = p.add_argument_group("Ray")
     ray_group.add_argument("--address", help="an existing cluster: 'auto' (this node's) or ray://HOST:10001; "
                            "omit to start a local Ray on this machine")
@@ -202,6 +204,7 @@ def _is_complete(path: Path) -> bool:
 
 def _run(args: argparse.Namespace, plan: Plan, ray) -> int:
     from cli import batch_ray
+    from model import retrieval
     from model.inputs import read_support
     from model.segmenter import Segmenter
 
@@ -214,6 +217,10 @@ def _run(args: argparse.Namespace, plan: Plan, ray) -> int:
         raise UsageError("--prompt-dir holds 3D volumes; icseg batch takes 2D support items (use `icseg segment` "
                          "for position-matched volume support)")
     support = files.prepare(segmenter)
+    # the defaults filled in and checked once here (a bad --support-size fails the run, not every input); the
+    # actors pick each input's items with these values (``_selector``)
+    args.select, args.support_size = retrieval.resolve(args.select, args.support_size, support.size,
+                                                       segmenter.max_support, retrieval.LARGE_DEFAULT)
     rows = {item.input: _row(item, "pending") for item in plan.items}
     earlier = {} if args.retry_failed else _earlier_failures(plan.summary)
     todo, kept = [], 0
@@ -238,7 +245,8 @@ def _run(args: argparse.Namespace, plan: Plan, ray) -> int:
     finally:
         elapsed = time.perf_counter() - started
         _write_summary(plan.summary, [rows[item.input] for item in plan.items])
-    return _report(list(rows.values()), elapsed, len(replicas), plan.summary)
+    used = f"support: {args.select}, {args.support_size} of {support.size} items per input"
+    return _report(list(rows.values()), elapsed, len(replicas), plan.summary, used)
 
 
 def _earlier_failures(summary: Path) -> dict[Path, dict]:
@@ -269,23 +277,26 @@ def _row(item: Item, status: str, seconds: float = 0.0, error: str = "") -> dict
 def segment_items(segmenter, support, items: list[Item], options) -> list[dict]:
     """Read, segment and write each input; a failing input gives a "failed" row and the others go on.
 
-    The 2D images of the call share one ``predict_many`` (the network batches them; a bad one is retried
-    alone, ``model.segmenter.predict_each``); volumes go slice by slice (``Segmenter.predict_volume``).
-    ``seconds`` is each input's read + write time plus its share of the batched prediction.
+    Each input uses the support items ``options.select`` and ``options.support_size`` pick for it
+    (``_selector``); the 2D images of the call that use the same items share one ``predict_many`` (the
+    network batches them; a bad one is retried alone, ``model.segmenter.predict_each``); volumes go slice by
+    slice (``Segmenter.predict_volume``). ``seconds`` is each input's read + write time plus its share of the
+    batched prediction.
     """
     from data.io import read_image
-    from model.segmenter import merge_labels, predict_each
 
     rows: dict[int, dict] = {}
-    images = []  # (index, query, seconds so far)
+    groups: dict[int, tuple] = {}  # id of the support items used -> (those items, [(index, query, seconds so far)])
+    select_for = _selector(segmenter, support, options)
     for index, item in enumerate(items):
         began = time.perf_counter()
         try:
             query = read_image(item.input, field="query")
+            used = select_for(query)
             if query.kind == "image":
-                images.append((index, query, time.perf_counter() - began))
+                groups.setdefault(id(used), (used, []))[1].append((index, query, time.perf_counter() - began))
                 continue
-            mask = segmenter.predict_volume(query.array, support=support, axis=options.axis,
+            mask = segmenter.predict_volume(query.array, support=used, axis=options.axis,
                                             ensemble=options.ensemble, threshold=options.threshold,
                                             **local_volume_kwargs(options))
             rows[index] = _row(item, "ok", error="")
@@ -293,23 +304,60 @@ def segment_items(segmenter, support, items: list[Item], options) -> list[dict]:
         except Exception as exc:  # noqa: BLE001 - any failure of one input is that input's row
             rows[index] = _row(item, "failed", error=message(exc))
         rows[index]["seconds"] = round(time.perf_counter() - began, 3)
-    if images:
-        began = time.perf_counter()
-        probs = predict_each(lambda queries: segmenter.predict_many(queries, support, ensemble=options.ensemble),
-                             [query.array for _, query, _ in images], retry_on=Exception)
-        share = (time.perf_counter() - began) / len(images)
-        for (index, query, seconds), result in zip(images, probs):
-            item, began = items[index], time.perf_counter()
-            try:
-                if isinstance(result, Exception):
-                    raise result
-                rows[index] = _row(item, "ok")
-                mask = merge_labels(result, support.labels, options.threshold)
-                rows[index]["output"] = str(_write_mask(mask, query, item.output))
-            except Exception as exc:  # noqa: BLE001
-                rows[index] = _row(item, "failed", error=message(exc))
-            rows[index]["seconds"] = round(seconds + share + time.perf_counter() - began, 3)
+    for used, images in groups.values():
+        _segment_images(segmenter, used, images, items, options, rows)
     return [rows[i] for i in range(len(items))]
+
+
+def _segment_images(segmenter, support, images: list[tuple], items: list[Item], options, rows: dict) -> None:
+    """2D ``images`` [(index, query, seconds so far)] that use the same ``support`` items, in one ``predict_many``;
+    fills their ``rows``."""
+    from model.segmenter import merge_labels, predict_each
+
+    began = time.perf_counter()
+    probs = predict_each(lambda queries: segmenter.predict_many(queries, support, ensemble=options.ensemble),
+                         [query.array for _, query, _ in images], retry_on=Exception)
+    share = (time.perf_counter() - began) / len(images)
+    for (index, query, seconds), result in zip(images, probs):
+        item, began = items[index], time.perf_counter()
+        try:
+            if isinstance(result, Exception):
+                raise result
+            rows[index] = _row(item, "ok")
+            mask = merge_labels(result, support.labels, options.threshold)
+            rows[index]["output"] = str(_write_mask(mask, query, item.output))
+        except Exception as exc:  # noqa: BLE001
+            rows[index] = _row(item, "failed", error=message(exc))
+        rows[index]["seconds"] = round(seconds + share + time.perf_counter() - began, 3)
+
+
+def _selector(segmenter, support, options):
+    """query (``ImageData``) -> the support items it uses, picked by ``model.retrieval`` as `icseg segment` and
+    the server pick them; queries that use the same items get the same object (their images share a batch).
+
+    Args:
+        support: the whole prepared support set (S items).
+        options: ``select`` and ``support_size`` (None or absent: the defaults), ``axis`` (volumes).
+    """
+    from model import retrieval
+
+    select, k = retrieval.resolve(getattr(options, "select", None), getattr(options, "support_size", None),
+                                  support.size, segmenter.max_support, retrieval.LARGE_DEFAULT)
+    if select == "all" or k >= support.size:
+        return lambda query: support
+    embeddings = retrieval.embed(support.images) if select == "similar" else None  # once, not once per query
+    subsets: dict[tuple[int, ...], object] = {}
+
+    def select_for(query):
+        prepared = retrieval.prepare_query(query.array, segmenter.size, segmenter.clip_percentiles,
+                                           options.axis if query.kind == "volume" else None)
+        indices = retrieval.choose(prepared, support, k, select, segmenter.seed, embeddings)
+        key = tuple(indices.tolist())
+        if key not in subsets:
+            subsets[key] = retrieval.subset(support, indices)
+        return subsets[key]
+
+    return select_for
 
 
 def _write_mask(mask, query, output: Path) -> Path:
@@ -335,7 +383,7 @@ def _write_summary(path: Path, rows: list[dict]) -> None:
     write_atomic(path, text.getvalue().encode())
 
 
-def _report(rows: list[dict], elapsed: float, replicas: int, summary: Path) -> int:
+def _report(rows: list[dict], elapsed: float, replicas: int, summary: Path, used: str) -> int:
     counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "skipped", "failed", "pending")}
     failed = [r for r in rows if r["status"] == "failed"]
     for row in failed[:10]:
@@ -346,5 +394,5 @@ def _report(rows: list[dict], elapsed: float, replicas: int, summary: Path) -> i
     pending = f", {counts['pending']} not run" if counts["pending"] else ""
     on = f"{replicas} replica" + "s" * (replicas != 1)
     print(f"batch: {counts['ok']} segmented, {counts['skipped']} skipped, {counts['failed']} failed{pending} "
-          f"of {len(rows)} inputs in {elapsed:.1f} s ({rate:.2f} inputs/s on {on}); summary {summary}")
+          f"of {len(rows)} inputs in {elapsed:.1f} s ({rate:.2f} inputs/s on {on}); {used}; summary {summary}")
     return 1 if failed or counts["pending"] else 0

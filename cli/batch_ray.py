@@ -78,8 +78,7 @@ def _segment_on_ray(ray, args, plan: Plan, todo: list[Item], support_arrays: dic
             fn_constructor_kwargs={
                 "weights": weights, "support": support_ref, "device": "cuda" if args.gpus_per_replica else "cpu",
                 "threads": max(1, int(args.cpus_per_replica)),
-                "options": {"threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis,
-                            **volume_options(args)},
+                "options": actor_options(args),
             },
         )
         with progress_bar("input", "batch", args.progress, total=len(todo)) as bar:
@@ -89,6 +88,13 @@ def _segment_on_ray(ray, args, plan: Plan, todo: list[Item], support_arrays: dic
     finally:
         if started:
             ray.shutdown()
+
+
+def actor_options(args) -> dict:
+    """What each actor needs of the command line: threshold, ensemble, axis, the volume options, and select and
+    support_size (the driver has filled in their defaults)."""
+    return {"threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis, "select": args.select,
+            "support_size": args.support_size, **volume_options(args)}
 
 
 def _check_resources(total: dict, args) -> None:
@@ -116,7 +122,7 @@ class SegmentActor:
             they are: the actor fetches the arrays once, here), or the arrays themselves.
         device: torch device ("cuda" is the GPU Ray assigned to this actor).
         threads: torch intra-op threads (the actor's CPUs).
-        options: threshold, ensemble, axis, as on the command line.
+        options: ``actor_options``: threshold, ensemble, axis, select, support_size, the volume options.
     """
 
     def __init__(self, weights: str | None, support, device: str, threads: int, options: dict):

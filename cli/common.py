@@ -51,14 +51,29 @@ def add_segment_options(parser) -> None:
                          "from the pairs holding a label are skipped (background)")
 
 
+def add_selection_options(parser) -> None:
+    """What `icseg segment` and `icseg batch` share for 2D support sets larger than the model takes at once:
+    --select and --support-size, the API's ``select`` and ``support_size`` (``model.retrieval``)."""
+    support = parser.add_argument_group("2D support sets larger than the model takes at once (the API's fields)")
+    support.add_argument("--select", choices=("all", "similar", "random"), default=None,
+                         help="which support items each query uses: all (the default while the set fits the model), "
+                         "similar (the --support-size items nearest to the query; the default for a larger set), "
+                         "random (seeded)")
+    support.add_argument("--support-size", type=int, default=None, metavar="K",
+                         help="how many support items each query uses (with --select similar or random)")
+
+
 def check_segment_options(args) -> None:
-    """Raises UsageError for a --threshold outside [0, 1] or an --ensemble below 1."""
+    """Raises UsageError for a --threshold outside [0, 1], an --ensemble, --support-slices or --support-size
+    below 1, a --skip-margin or a --support-positions value outside [0, 1]."""
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError("--threshold must be between 0 and 1")
     if args.ensemble < 1:
         raise UsageError("--ensemble must be 1 or more")
     if getattr(args, "support_slices", None) is not None and args.support_slices < 1:
         raise UsageError("--support-slices must be 1 or more")
+    if getattr(args, "support_size", None) is not None and args.support_size < 1:
+        raise UsageError("--support-size must be 1 or more")
     if getattr(args, "skip_margin", None) is not None and not 0.0 <= args.skip_margin <= 1.0:
         raise UsageError("--skip-margin must be between 0 and 1 (relative depth; 1 never skips)")
     if any(not 0.0 <= p <= 1.0 for p in getattr(args, "support_positions", None) or ()):

@@ -18,6 +18,7 @@ from cli.common import (
     UsageError,
     add_command,
     add_segment_options,
+    add_selection_options,
     check_segment_options,
     expand,
     is_image_file,
@@ -68,13 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--uncertainty", action="store_true", help="also write the per-pixel uncertainty maps: "
                    "OUT/uncertainty/<name>_label<v>.png (2D) or OUT/uncertainty/<name>.nii.gz (volumes)")
     add_segment_options(p)
-    support = p.add_argument_group("2D support sets larger than the model takes at once (the API's fields)")
-    support.add_argument("--select", choices=("all", "similar", "random"), default=None,
-                         help="which support items each query uses: all (the default while the set fits the model), "
-                         "similar (the --support-size items nearest to the query; the default for a larger set), "
-                         "random (seeded)")
-    support.add_argument("--support-size", type=int, default=None, metavar="K",
-                         help="how many support items each query uses (with --select similar or random)")
+    add_selection_options(p)
     server = p.add_argument_group("server mode")
     server.add_argument("--url", help="the icseg server, e.g. http://gpu-box:8000 (omit: run the model here)")
     server.add_argument("--api-key", help="the server's API key; prefer the ICSEG_API_KEY environment variable "
@@ -127,8 +122,6 @@ def _plan(args: argparse.Namespace) -> Plan:
     elif len(images) != len(masks):
         raise UsageError(f"{len(images)} support images but {len(masks)} support masks; pair them one to one")
     check_segment_options(args)
-    if args.support_size is not None and args.support_size < 1:
-        raise UsageError("--support-size must be 1 or more")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} is a file, not a folder")

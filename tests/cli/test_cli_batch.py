@@ -10,6 +10,7 @@ import csv
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +22,7 @@ from cli import batch as batch_cli
 from cli import batch_ray
 from cli.main import main
 from data.io import read_image, read_mask, save_image
+from model import retrieval
 from model.segmenter import Segmenter
 
 
@@ -114,7 +116,7 @@ def in_process(monkeypatch, tiny_weights):
 
         calls.append(sorted(item.input.name for item in todo))
         segmenter = Segmenter.from_pretrained(weights)
-        options = type("Options", (), {"threshold": args.threshold, "ensemble": args.ensemble, "axis": args.axis})
+        options = SimpleNamespace(**batch_ray.actor_options(args))  # what the driver hands each actor
         for row in batch_cli.segment_items(segmenter, PreparedSupport.from_arrays(support_arrays), todo, options):
             yield row | {"replica": "here"}
 
@@ -151,6 +153,45 @@ def test_rerun_skips_complete_masks_and_redoes_damaged_or_changed_inputs(in_proc
 
     assert run_cli(*args, "--retry-failed") == 1
     assert in_process[-1] == ["gone.png"]
+
+
+def test_select_and_support_size_pick_each_inputs_items_as_the_model_layer(in_process, tmp_path, rng, tiny_weights,
+                                                                           capsys):
+    prompt, out = write_prompt(tmp_path, rng, n=12), tmp_path / "out"
+    segmenter = Segmenter.from_pretrained(str(tiny_weights))
+    pool = segmenter.prepare_support([read_image(p).array for p in sorted((prompt / "images").iterdir())],
+                                     [read_mask(p).array for p in sorted((prompt / "masks").iterdir())])
+    queries = {f"q{i}.png": np.clip(rng.normal(60 + 40 * i, 30, (30, 34)), 0, 255).astype(np.uint8) for i in range(3)}
+    for name, query in queries.items():
+        save_image(query, tmp_path / "inputs" / name)
+    volume = np.stack([queries["q1.png"], queries["q2.png"]], axis=2)  # (H, W, D): picked by its slices
+    save_image(volume, tmp_path / "inputs" / "v.nii.gz", affine=AFFINE)
+    picked = {name: retrieval.select_support(retrieval.prepare_query(q, segmenter.size), pool, 3, "similar")
+              for name, q in queries.items()}
+    # random weights answer near 0 everywhere: a threshold at the median makes the masks tell the sets apart
+    threshold = float(np.median(segmenter.predict_proba(queries["q0.png"], support=picked["q0.png"])))
+    expected = {n: segmenter.predict(q, support=picked[n], threshold=threshold) for n, q in queries.items()}
+    in_volume, _ = retrieval.for_query(retrieval.prepare_query(volume, segmenter.size, axis=2), pool, "similar", 3,
+                                       segmenter.max_support)
+    expected["v.nii.gz"] = segmenter.predict_volume(volume, support=in_volume, threshold=threshold)
+    assert (expected["q0.png"] != segmenter.predict(queries["q0.png"], support=pool, threshold=threshold)).any()
+    args = ["batch", "--weights", tiny_weights, "--prompt-dir", prompt, "--inputs", tmp_path / "inputs",
+            "--threshold", repr(threshold), "--no-progress"]
+
+    assert run_cli(*args, "--out", out, "--select", "similar", "--support-size", 3) == 0
+    assert "support: similar, 3 of 12 items per input" in capsys.readouterr().out
+    for name in expected:
+        np.testing.assert_array_equal(read_mask(out / name).array, expected[name], err_msg=name)
+    assert run_cli(*args, "--out", tmp_path / "all") == 0  # a set that fits the model: all of it by default
+    assert "support: all, 12 of 12 items per input" in capsys.readouterr().out
+    np.testing.assert_array_equal(read_mask(tmp_path / "all" / "q0.png").array,
+                                  segmenter.predict(queries["q0.png"], support=pool, threshold=threshold))
+
+    assert run_cli(*args, "--out", tmp_path / "o", "--select", "random", "--support-size", 13) == 1
+    assert "support_size 13 is larger than the support set (12 items)" in capsys.readouterr().err
+    assert run_cli(*args, "--out", tmp_path / "o", "--select", "all", "--support-size", 3) == 1
+    assert "select=all uses every one of the 12 support items" in capsys.readouterr().err
+    assert len(in_process) == 2  # refused before any input was segmented
 
 
 def test_segment_items_formats_geometry_and_failures(tmp_path, rng, tiny_weights):
@@ -191,6 +232,8 @@ def test_segment_items_formats_geometry_and_failures(tmp_path, rng, tiny_weights
         (["--replicas", "0"], "--replicas must be 1 or more"),
         (["--batch-size", "0"], "--batch-size must be 1 or more"),
         (["--gpus-per-replica", "-1"], "--gpus-per-replica"),
+        (["--support-size", "0"], "--support-size must be 1 or more"),
+        (["--select", "nearest"], "--select: invalid choice"),
     ],
 )
 def test_usage_errors_exit_2(extra, message, tmp_path, rng, capsys):

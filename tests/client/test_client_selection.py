@@ -1,7 +1,7 @@
 """One pair of names for support selection from the wire to the command line: select and support_size are form
-fields of /segment and /jobs, arguments of every SDK call that segments and flags of `icseg segment`; the SDK
-sends them and reads back what ran (``result.selection``), bad values are refused naming the field on each side,
-and the command line's local mode picks the same items as the service."""
+fields of /segment and /jobs, arguments of every SDK call that segments and flags of `icseg segment` and `icseg
+batch`; the SDK sends them and reads back what ran (``result.selection``), bad values are refused naming
+the field on each side, and the command line's local mode picks the same items as the service."""
 
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ def test_the_same_names_in_api_sdk_and_cli(app_client):
     for cls in (Client, AsyncClient):
         for method in ("segment", "create_job", "segment_volume"):
             assert FIELDS <= set(inspect.signature(getattr(cls, method)).parameters), (cls.__name__, method)
-    parser = cli_subparser("segment")
-    assert FIELDS <= {a.dest for a in parser._actions}
-    assert {"--select", "--support-size"} <= {s for a in parser._actions for s in a.option_strings}
+    for command in ("segment", "batch"):
+        parser = cli_subparser(command)
+        assert FIELDS <= {a.dest for a in parser._actions}, command
+        assert {"--select", "--support-size"} <= {s for a in parser._actions for s in a.option_strings}, command
 
 
 def _pairs(rng, n: int):
