@@ -63,6 +63,7 @@ class Job:
     uncertainty_path: Path | None = None  # uncertainty=true: the float NIfTI of per-label uncertainty maps
     owner: str | None = None  # the tenant that submitted it (None: no keys configured)
     label_info: dict | None = None  # once done: labels_present, label_names, segments (app.outputs.label_summary)
+    selection: dict | None = None  # 2D support: {"select", "support_size", "pool"}, what the query uses (as /segment)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     future: Future | None = None
 
@@ -85,6 +86,7 @@ class Job:
             "volume": self.volume,
             "probs": f"/jobs/{self.id}/probs" if self.status == "done" and self.probs_path else None,
             "uncertainty": f"/jobs/{self.id}/uncertainty" if self.status == "done" and self.uncertainty_path else None,
+            "selection": self.selection,
             **{key: (self.label_info or {}).get(key) for key in LABEL_KEYS},
         }
 
@@ -151,7 +153,7 @@ class JobManager:
                           probs_path=self.dir / state["probs_file"] if state.get("probs_file") else None,
                           uncertainty_path=self.dir / state["uncertainty_file"] if state.get("uncertainty_file")
                           else None,
-                          owner=state.get("owner"),
+                          owner=state.get("owner"), selection=state.get("selection"),
                           label_info={key: state.get(key) for key in LABEL_KEYS} if state.get("segments") else None)
                 if not JOB_ID.fullmatch(job.id) or path.stem != job.id:
                     raise ValueError("file name and id differ")
@@ -192,13 +194,15 @@ class JobManager:
         if self._active >= self.capacity:
             raise self._busy()
 
-    def submit(self, work: JobWork, total: int, labels: Sequence[int] | None = None, owner: str | None = None) -> Job:
-        """Queue ``work``; ``total`` progress steps; ``labels``: the label values the mask will hold."""
+    def submit(self, work: JobWork, total: int, labels: Sequence[int] | None = None, owner: str | None = None,
+               selection: dict | None = None) -> Job:
+        """Queue ``work``; ``total`` progress steps; ``labels``: the label values the mask will hold;
+        ``selection``: which 2D support items the query uses (chosen before the 202, as /segment reports it)."""
         with self._lock:
             if self._active >= self.capacity:
                 raise self._busy()
             job = Job(id=uuid.uuid4().hex, total=total, labels=None if labels is None else [int(v) for v in labels],
-                      owner=owner)
+                      owner=owner, selection=None if selection is None else dict(selection))
             self._jobs[job.id] = job
             self._active += 1
         self._save(job)

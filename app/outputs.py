@@ -59,6 +59,14 @@ def label_summary(mask: np.ndarray, labels: tuple[int, ...], label_names: dict[s
             "label_names": {str(s.label): s.name for s in segments}, "segments": [s.to_dict() for s in segments]}
 
 
+def selection_headers(selection: dict | None) -> dict[str, str]:
+    """Which 2D support items the query used, for a binary answer: X-Select and X-Support-Size (none for 3D
+    support, ``selection`` None)."""
+    if selection is None:
+        return {}
+    return {"X-Select": selection["select"], "X-Support-Size": str(selection["support_size"])}
+
+
 def label_headers(summary: dict) -> dict[str, str]:
     """The same for a binary answer: X-Labels, X-Labels-Present and X-Label-Names (JSON, ASCII-escaped)."""
     return {"X-Labels": ",".join(map(str, summary["labels"])),

@@ -152,6 +152,8 @@ class JobInfo(BaseModel):
     warnings: list[str] | None = None
     uncertainty: str | None = Field(None, description="a volume job with uncertainty=true, once done: path of the "
                                     "uncertainty NIfTI")
+    selection: Selection | None = Field(None, description="2D support sets, from the 202 on: which items the query "
+                                        "uses (select, support_size, pool), as /segment's")
 
 
 class WeightsInfo(BaseModel):

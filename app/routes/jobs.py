@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from app.deps import AUTH, JobsDep, ModelDep, PromptsDep, SettingsDep, TenantDep
 from app.errors import ApiError, JobNotFound
-from app.outputs import label_headers, label_summary
+from app.outputs import label_headers, label_summary, selection_headers
 from app.pipeline import SegmentForm, build_task, encode, run_blocking, run_volume, segment_form, volume_details
 from app.quality import assess_task, quality_headers
 from app.schemas import BINARY, MASK_CONTENT, JobInfo, error_responses
@@ -55,7 +55,7 @@ async def create_job(
         return (*encode(task, result.mask), {"volume": volume_details(task, result), "probs": probs,
                                              "uncertainty": maps, "labels": labels})
 
-    job = jobs.submit(work, total=task.total_steps, labels=task.labels, owner=tenant)
+    job = jobs.submit(work, total=task.total_steps, labels=task.labels, owner=tenant, selection=task.selection)
     return JSONResponse(job.to_dict(), status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
 
@@ -66,7 +66,8 @@ async def get_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> dict:
 
 @router.get("/{job_id}/result", response_class=Response,
             responses={200: {"description": "the mask in the query's format; header X-Labels: its label values, "
-                             "e.g. 1,2", "content": MASK_CONTENT},
+                             "e.g. 1,2; X-Select, X-Support-Size for 2D support (as /segment)",
+                             "content": MASK_CONTENT},
                        409: {"description": "the job is not done (or failed, or was cancelled)"},
                        **error_responses(401, 404)},
             summary="The mask of a finished job")
@@ -87,6 +88,7 @@ async def job_result(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
         headers.update(label_headers({"labels": job.labels or [], **job.label_info}))
         if job.label_info.get("confidence") is not None:
             headers.update(quality_headers(job.label_info))
+    headers.update(selection_headers(job.selection))
     return Response(payload, media_type=job.media_type, headers=headers)
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import AUTH, ModelDep, PromptsDep, SettingsDep, TenantDep
-from app.outputs import label_headers, label_summary
+from app.outputs import label_headers, label_summary, selection_headers
 from app.pipeline import SegmentForm, build_task, encode, probs_b64, run_model, segment_form
 from app.quality import assess_task, quality_headers, task_uncertainty
 from app.schemas import MASK_CONTENT, SegmentResult, error_responses
@@ -70,11 +70,9 @@ async def segment(
         "Content-Disposition": f'attachment; filename="mask{extension}"',
         **label_headers(summary),
         **quality_headers(assessed),
+        **selection_headers(task.selection),
         "Server-Timing": ", ".join(f"{k};dur={v}" for k, v in timings.items()),
     }
-    if task.selection is not None:  # which support items the query used
-        headers["X-Select"] = task.selection["select"]
-        headers["X-Support-Size"] = str(task.selection["support_size"])
     if volume is not None:  # the slices set to background without running the model
         headers["X-Skipped-Slices"] = str(len(volume["skipped"]))
     return Response(payload, media_type=media_type, headers=headers)

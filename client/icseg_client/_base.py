@@ -272,7 +272,7 @@ class BaseClient:
             data=response.content,
             media_type=response.headers.get("content-type", "application/gzip").split(";")[0],
             labels=[], shape=(), timings=timings, label_names=dict(label_names or {}), query=query,
-            volume=job.volume,
+            volume=job.volume, selection=job.selection,
         )
         if job.confidence is not None:  # a server that says how sure it is
             for key, value in quality_fields(job.__dict__).items():

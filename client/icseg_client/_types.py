@@ -44,7 +44,7 @@ class SegmentResult:
         volume: volumes: what ran and what it cost, the service's ``volume`` object: ``slices``, ``skipped``
             (slice indices set to background without running the model), ``tasks``, ``support_slices``,
             ``skip_margin``, ``cascade``.
-        selection: 2D support sets (``segment``): which items the query used, the service's ``selection``:
+        selection: 2D support sets (``segment``, jobs): which items the query used, the service's ``selection``:
             ``select`` ("all", "similar", "random"), ``support_size`` and ``pool`` (the items it chose from).
         confidence: label value -> confidence in [0, 1] (0 for a label the mask does not hold).
         low_confidence: some label's confidence is below the calibrated threshold
@@ -245,6 +245,8 @@ class Job:
         done, total: progress in slices.
         labels: the support set's label values, those the mask can hold (None from an older service).
         error: the service's ``{"code", "message", "field"}`` for a failed job.
+        selection: 2D support sets: ``{"select", "support_size", "pool"}``, which items the query uses (from
+            the submission on; None for 3D support or an older service).
     """
 
     id: str
@@ -268,6 +270,7 @@ class Job:
     calibrated: bool | None = None
     warnings: list[str] | None = None
     uncertainty: str | None = None  # once done with uncertainty=True: the path of the uncertainty NIfTI
+    selection: dict | None = None
 
     @property
     def finished(self) -> bool:
@@ -281,6 +284,6 @@ class Job:
                    started_at=body.get("started_at"), finished_at=body.get("finished_at"), error=body.get("error"),
                    labels=None if body.get("labels") is None else [int(v) for v in body["labels"]],
                    volume=body.get("volume"), probs=body.get("probs"), labels_present=body.get("labels_present"),
-                   label_names=body.get("label_names"), segments=body.get("segments"),
+                   label_names=body.get("label_names"), segments=body.get("segments"), selection=body.get("selection"),
                    **{key: body.get(key) for key in ("confidence", "low_confidence", "low_confidence_labels",
                                                      "mismatch", "calibrated", "warnings", "uncertainty")})

@@ -84,15 +84,18 @@ def test_job_status_and_result_name_the_labels_of_a_prompt(client, rng):
     assert result.status_code == 200 and result.headers["x-labels"] == "1,3"
 
 
-def test_job_labels_survive_a_restart(tmp_path):
+def test_job_labels_and_selection_survive_a_restart(tmp_path):
     jobs = JobManager(tmp_path, workers=1, queue_size=0, result_ttl_s=60, metrics=Metrics())
-    job = jobs.submit(lambda progress: (b"mask", "application/gzip", ".nii.gz"), total=1, labels=(2, 5))
+    selection = {"select": "random", "support_size": 3, "pool": 9}
+    job = jobs.submit(lambda progress: (b"mask", "application/gzip", ".nii.gz"), total=1, labels=(2, 5),
+                      selection=selection)
     job.future.result(10)
     jobs.shutdown()
     again = JobManager(tmp_path, workers=1, queue_size=0, result_ttl_s=60, metrics=Metrics())
     try:
         restored = again.get(job.id)
         assert restored.status == "done" and restored.to_dict()["labels"] == [2, 5]
+        assert restored.to_dict()["selection"] == selection
     finally:
         again.shutdown()
 

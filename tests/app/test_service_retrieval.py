@@ -3,6 +3,7 @@ support_size on /segment (JSON, headers, jobs), the defaults, and the 4xx that n
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import numpy as np
@@ -59,10 +60,26 @@ def test_random_is_reproducible(client, rng, big_prompt):
     assert first["probs"] == again["probs"]
 
 
-def test_a_job_uses_the_selection(client, rng, big_prompt):
-    response = client.post("/jobs", files=_query(rng), data={"prompt_id": big_prompt["id"], "select": "similar",
-                                                             "support_size": "2"})
+def test_a_job_uses_the_selection_and_reports_it_as_segment_does(client, rng, big_prompt):
+    query = _query(rng)
+    data = {"prompt_id": big_prompt["id"], "select": "similar", "support_size": "2"}
+    response = client.post("/jobs", files=query, data=data)
     assert response.status_code == 202, response.text
+    selection = {"select": "similar", "support_size": 2, "pool": 70}
+    assert response.json()["selection"] == selection  # chosen before the 202
+    deadline = time.monotonic() + 30
+    while (job := client.get(f"/jobs/{response.json()['id']}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.02)
+    assert job["status"] == "done" and job["selection"] == selection
+    result = client.get(job["result"])
+    assert result.headers["x-select"] == "similar" and result.headers["x-support-size"] == "2"
+    sync = client.post("/segment", files=query, data=data)
+    assert result.content == sync.content  # the same items as /segment picks
+    assert (sync.headers["x-select"], sync.headers["x-support-size"]) == ("similar", "2")
+    volume_job = client.post("/jobs", files=[("query", ("v.nii.gz", nifti(ball_volume(rng, (10, 12, 6))[0])))],
+                             data={"prompt_id": big_prompt["id"], "support_size": "3"})
+    assert volume_job.json()["selection"] == {"select": "similar", "support_size": 3, "pool": 70}
 
 
 @pytest.mark.parametrize("data,status,field", [

@@ -1,11 +1,12 @@
 """One pair of names for support selection from the wire to the command line: select and support_size are form
 fields of /segment and /jobs, arguments of every SDK call that segments and flags of `icseg segment` and `icseg
-batch`; the SDK sends them and reads back what ran (``result.selection``), bad values are refused naming
+batch`; the SDK sends them and reads back what ran (``result.selection``, jobs too), bad values are refused naming
 the field on each side, and the command line's local mode picks the same items as the service."""
 
 from __future__ import annotations
 
 import inspect
+import time
 
 import numpy as np
 import pytest
@@ -51,6 +52,14 @@ def test_sdk_sends_the_fields_and_reads_what_ran(client, rng):
     with pytest.raises(UnprocessableEntityError) as info:
         client.segment(query, prompt_id=prompt, support_size=71)
     assert info.value.field == "support_size"
+    job = client.create_job(query, prompt_id=prompt, select="random", support_size=6)
+    assert job.selection == {"select": "random", "support_size": 6, "pool": 70}
+    while not job.finished:
+        time.sleep(0.02)
+        job = client.get_job(job)
+    done = client.job_result(job)
+    assert done.selection == result.selection
+    np.testing.assert_array_equal(done.mask, result.mask)
 
 
 @pytest.mark.parametrize("kwargs,field", [
