@@ -192,16 +192,16 @@ class ModelService:
             self.metrics.model_seconds.labels("volume").observe(time.perf_counter() - start)
 
     def segment_volume_result(self, volume: np.ndarray, *, support: PreparedSupport | VolumeSupport,
-                              options: VolumeOptions, probs: bool = False,
+                              options: VolumeOptions, probs: bool = False, spread: bool = False,
                               progress: Progress | None = None) -> VolumeResult:
         """Blocking: ``Segmenter.predict_volume_result`` with a request's cost options (mask, skipped slices,
-        probabilities when asked)."""
+        probabilities and, with an ensemble, the members' std when asked)."""
         start = time.perf_counter()
         try:
             return self.segmenter.predict_volume_result(
                 volume, support=support, axis=options.axis, support_slices=options.support_slices,
                 skip_margin=options.skip_margin, cascade=options.cascade, ensemble=options.ensemble,
                 support_positions=options.support_positions,
-                threshold=options.threshold, probs=probs, progress=progress)
+                threshold=options.threshold, probs=probs, spread=spread, progress=progress)
         finally:
             self.metrics.model_seconds.labels("volume").observe(time.perf_counter() - start)

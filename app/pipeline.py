@@ -262,7 +262,8 @@ async def build_task(form: SegmentForm, model: ModelService, prompts: Prompts, s
 async def run_model(task: SegmentTask, model: ModelService,
                     settings: Settings) -> tuple[np.ndarray, np.ndarray, dict | None, np.ndarray | None]:
     """Synchronous requests: (label map at the query's shape, probabilities (K, H, W) for 2D or (K, H, W, D)
-    for volumes, the volume's metadata or None, the ensemble members' std (2D, ensemble > 1) or None)."""
+    for volumes, the volume's metadata or None, the ensemble members' std (ensemble > 1, the probabilities'
+    shape) or None)."""
     timeout = settings.request_timeout_s
     try:
         if not task.is_volume:
@@ -274,7 +275,7 @@ async def run_model(task: SegmentTask, model: ModelService,
                            f"({settings.sync_max_voxels:,}); POST it to /jobs", field="query", code="use_jobs")
         work = partial(run_volume, task, model, None)
         result = await asyncio.wait_for(model.run_on_model_thread(work), timeout)
-        return result.mask, result.probs, volume_details(task, result), None
+        return result.mask, result.probs, volume_details(task, result), result.spread
     except TimeoutError as exc:
         raise ApiError(f"the model did not answer within {timeout:.0f} s; try /jobs for large inputs",
                        code="timeout") from exc
@@ -288,9 +289,11 @@ def run_blocking(task: SegmentTask, model: ModelService,
 
 
 def run_volume(task: SegmentTask, model: ModelService, progress: Progress | None) -> VolumeResult:
-    """Blocking: a volume query with the task's options (``Segmenter.predict_volume_result``)."""
+    """Blocking: a volume query with the task's options (``Segmenter.predict_volume_result``): the
+    probabilities and, with an ensemble, the members' std, as a 2D query (the confidence's and the
+    uncertainty maps' input; nothing more is kept for ensemble 1)."""
     return model.segment_volume_result(task.query.array, support=task.support, options=task.options,
-                                       probs=True, progress=progress)  # probs: the confidence's input
+                                       probs=True, spread=True, progress=progress)
 
 
 def volume_details(task: SegmentTask, result: VolumeResult) -> dict:

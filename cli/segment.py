@@ -230,9 +230,8 @@ def _run_local(args: argparse.Namespace, plan: Plan) -> int:
                 probs, spread = segmenter.predict_many([query.array], support, ensemble=args.ensemble, spread=True)[0]
                 mask = merge_labels(probs, support.labels, args.threshold)
             else:
-                mask, probs = _local_volume(segmenter, query.array, support, args,
-                                            len(plan.queries) == 1 and args.progress)
-                spread = None  # a volume's members are not kept: the map is the entropy (docs/confidence.md)
+                mask, probs, spread = _local_volume(segmenter, query.array, support, args,
+                                                    len(plan.queries) == 1 and args.progress)
             quality = local_assessment(segmenter, query, support, mask, probs, spread, args.axis)
         except Exception as exc:
             if not _is_query_error(exc):
@@ -250,7 +249,8 @@ def _run_local(args: argparse.Namespace, plan: Plan) -> int:
 
 
 def _local_volume(segmenter, volume, support, args, show: bool):
-    """One volume in this process, with the SDK's bar (slices; skipped ones are its starting point): (mask, probs)."""
+    """One volume in this process, with the SDK's bar (slices; skipped ones are its starting point): (mask, probs,
+    the ensemble members' std or None)."""
     bar = progress_bar("slice", "segment_volume", show, total=volume.shape[args.axis])
     started = [False]
 
@@ -266,13 +266,13 @@ def _local_volume(segmenter, volume, support, args, show: bool):
     try:
         result = segmenter.predict_volume_result(volume, support=support, axis=args.axis, ensemble=args.ensemble,
                                                  threshold=args.threshold, progress=progress, probs=True,
-                                                 **local_volume_kwargs(args))
+                                                 spread=True, **local_volume_kwargs(args))
     finally:
         bar.close()
     if result.skipped:
         log.info("%d of %d slices skipped (outside the support's labelled range)", len(result.skipped),
                  result.slices)
-    return result.mask, result.probs
+    return result.mask, result.probs, result.spread
 
 
 def _local_overlay(image, mask, labels: list[int], axis: int):

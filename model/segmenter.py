@@ -326,6 +326,7 @@ class Segmenter:
         ensemble: int = 1,
         threshold: float = 0.5,
         probs: bool = False,
+        spread: bool = False,
         slices_per_volume: int | None = None,
         progress: ProgressFn | None = None,
     ) -> volumes.VolumeResult:
@@ -346,13 +347,13 @@ class Segmenter:
             skip_margin: relative depth (0-1) beyond the labelled ranges that still runs; None: no skipping.
             cascade: confident neighbouring predictions join the support of the next slices, outward.
             support_positions: a 2D support set's relative depth (0-1) per pair; far slices skip (``model.volume``).
-            probs: also return the (K, *query shape) probabilities.
+            probs: also return the (K, *query shape) probabilities; spread: their members' std (ensemble > 1).
             slices_per_volume: the earlier knob: support slices per volume (``support_slices`` = this x S).
             progress: called with (slices done, total slices), skipped slices counted as done; it may raise
                 to cancel.
 
         Returns:
-            A ``VolumeResult``: ``mask`` (the query's shape), ``skipped`` slices, ``probs`` when asked.
+            A ``VolumeResult``: ``mask`` (the query's shape), ``skipped`` slices, ``probs`` and ``spread`` when asked.
         """
         query_volume = np.asarray(query_volume)
         if query_volume.ndim != 3:
@@ -368,9 +369,8 @@ class Segmenter:
         options = volume_plan.VolumeOptions(support_slices=support_slices, ensemble=ensemble, axis=axis,
                                             skip_margin=skip_margin, cascade=cascade, threshold=threshold,
                                             support_positions=support_positions)
-        if isinstance(support, VolumeSupport):
-            return volumes.predict_with_volumes(self, query_volume, support, options, progress, probs)
-        return volumes.predict_with_2d_support(self, query_volume, support, options, progress, probs)
+        run = volumes.predict_with_volumes if isinstance(support, VolumeSupport) else volumes.predict_with_2d_support
+        return run(self, query_volume, support, options, progress, probs, want_spread=spread)
 
 
 def predict_each(

@@ -84,14 +84,16 @@ def prepare_volume_support(
 
 def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: PreparedSupport,
                             options: VolumeOptions, progress: ProgressFn | None = None,
-                            want_probs: bool = False, min_area: float | None = None) -> VolumeResult:
+                            want_probs: bool = False, min_area: float | None = None,
+                            want_spread: bool = False) -> VolumeResult:
     """Every slice along ``axis`` segmented with one 2D support set, in calls sized to ~PROGRESS_EVERY_S.
 
     With ``options.support_positions`` (each pair's relative depth), a label runs only on the query slices
     within ``options.skip_margin`` of the span of the positions of the pairs holding it; a slice where no label
     runs is skipped (background, not run). Without positions every slice runs. Then a label whose predicted
     area on a slice is below ``min_area`` (a fraction of the slice; None: ``MIN_AREA_2D``) is cleared there:
-    the same support on a slice without the structure otherwise labels a few faint blobs.
+    the same support on a slice without the structure otherwise labels a few faint blobs. ``want_spread``
+    (ensemble > 1): also the members' std, 0 wherever the probabilities were cleared or not run.
     """
     if not 0.0 <= options.threshold <= 1.0:
         raise InputError(f"threshold must be in [0, 1], got {options.threshold}", field="threshold")
@@ -102,6 +104,8 @@ def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: P
     todo = np.flatnonzero(run.any(axis=0))  # the slices that run for some label
     skipped = [int(i) for i in np.flatnonzero(~run.any(axis=0))]
     out_probs = np.zeros((len(support.labels), *slices.shape), dtype=np.float32)  # (K, D, H, W)
+    want_spread = want_spread and options.ensemble > 1
+    out_spread = np.zeros_like(out_probs) if want_spread else None  # (K, D, H, W)
     if progress is not None:
         progress(len(skipped), depth)
     first, step = 0, 1  # the first call is one slice: it times the model, then calls last ~PROGRESS_EVERY_S
@@ -113,7 +117,13 @@ def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: P
                 progress(len(skipped) + first + done, depth)
         began = time.perf_counter()
         probs = segmenter.predict_many(list(slices[chunk]), support, ensemble=options.ensemble,
-                                       progress=inner)  # (K, H, W) each
+                                       progress=inner, spread=want_spread)  # (K, H, W) each, or (probs, std) pairs
+        if want_spread:
+            probs, std = zip(*probs)
+            if std[0] is None:  # one member (a support of one item): no spread anywhere
+                want_spread, out_spread = False, None
+            else:
+                out_spread[:, chunk] = np.stack(std, axis=1)
         out_probs[:, chunk] = np.stack(probs, axis=1)
         per_slice = (time.perf_counter() - began) / len(chunk)
         first += len(chunk)
@@ -121,14 +131,17 @@ def predict_with_2d_support(segmenter: Segmenter, volume: np.ndarray, support: P
     out_probs[~run] = 0.0  # a label outside its pairs' positions, on a slice another label ran
     area = (out_probs >= options.threshold).mean(axis=(2, 3))  # (K, D)
     out_probs[area < min_area] = 0.0
+    if out_spread is not None:
+        out_spread[~run | (area < min_area)] = 0.0
     mask = merge_labels(out_probs, support.labels, options.threshold)
     mask[skipped] = 0  # background even at threshold 0
     probs = np.moveaxis(out_probs, 1, options.axis + 1) if want_probs else None
+    spread = None if out_spread is None else np.moveaxis(out_spread, 1, options.axis + 1)
     positions = None if options.support_positions is None else [float(p) for p in options.support_positions]
     return VolumeResult(np.moveaxis(mask, 0, options.axis), support.labels, skipped, depth, probs,
                         int(todo.size) * len(support.labels),
                         {"support_slices": None, "skip_margin": options.skip_margin if positions else None,
-                         "cascade": False, "support_positions": positions})
+                         "cascade": False, "support_positions": positions}, spread)
 
 
 def _position_runs(support: PreparedSupport, options: VolumeOptions, depth: int) -> np.ndarray:
@@ -146,19 +159,22 @@ def _position_runs(support: PreparedSupport, options: VolumeOptions, depth: int)
 
 def predict_with_volumes(segmenter: Segmenter, volume: np.ndarray, support: VolumeSupport,
                          options: VolumeOptions, progress: ProgressFn | None = None,
-                         want_probs: bool = False) -> VolumeResult:
+                         want_probs: bool = False, want_spread: bool = False) -> VolumeResult:
     """Position-matched, at the cost ``options`` set (``model.volume_plan``, ``model.volume_run``): each
     (query slice, label) task gets ``support_slices`` support slices in all, nearest its relative depth and
-    spread over the volumes; slices far outside every volume's labelled range are skipped (background)."""
+    spread over the volumes; slices far outside every volume's labelled range are skipped (background).
+    ``want_spread`` (ensemble > 1): also the members' std, 0 on what did not run."""
     options.check(segmenter.max_support)
     if support.axis != options.axis:
         raise InputError(f"the support volumes were prepared for axis {support.axis}, not {options.axis}",
                          field="axis")
     query = _normalize_volume(np.moveaxis(volume, support.axis, 0), segmenter.clip_percentiles)  # (D, H, W)
-    result = run_volume(segmenter, query, support, options, progress, want_probs)
+    result = run_volume(segmenter, query, support, options, progress, want_probs, want_spread)
     result.mask = np.moveaxis(result.mask, 0, support.axis)
     if result.probs is not None:
         result.probs = np.moveaxis(result.probs, 1, support.axis + 1)  # (K, H, W, D) for axis 2
+    if result.spread is not None:
+        result.spread = np.moveaxis(result.spread, 1, support.axis + 1)
     return result
 
 

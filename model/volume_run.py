@@ -6,6 +6,9 @@ With ``cascade`` the tasks run in waves outward from the support's labelled rang
 its farthest support slice, the already segmented neighbouring query slice with its predicted mask when that
 prediction is confident, and a direction stops (background) after a slice without any foreground.
 
+With ``want_spread`` and ``ensemble`` > 1 the members' std is kept beside their mean, per task, in every mode
+(the cascade and coarse-to-fine too: the members run anyway); a task that did not run has std 0, as probs 0.
+
 Letters: D slices, K labels, S support items, N the network side, H x W a slice.
 """
 
@@ -46,6 +49,9 @@ class VolumeResult:
         skipped: slice indices along the axis that ran for no label (set to background).
         slices: D, the slices along the axis.
         probs: (K, *query shape) float32 in [0, 1] when asked for, else None.
+        spread: (K, *query shape) float32 in [0, 0.5], the ensemble members' std, when asked for and more than
+            one member ran (``ensemble`` > 1 and a support of more than one item), else None; 0 where no task ran
+            and where a task had one member.
         tasks: the (slice, label) tasks the network ran.
         options: the cost options it ran with (support_slices, skip_margin, cascade).
     """
@@ -57,6 +63,7 @@ class VolumeResult:
     probs: np.ndarray | None = None
     tasks: int = 0
     options: dict = field(default_factory=dict)
+    spread: np.ndarray | None = None
 
 
 class _Progress:
@@ -89,8 +96,10 @@ def _support_slice(support: VolumeSupport, v: int, j: int, li: int, size: int) -
 
 
 def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, options: plan.VolumeOptions,
-               progress: ProgressFn | None = None, want_probs: bool = False) -> VolumeResult:
+               progress: ProgressFn | None = None, want_probs: bool = False, want_spread: bool = False) -> VolumeResult:
     """Segment a normalised query (D, H, W) against prepared support volumes (slicing axis already first).
+
+    ``want_spread``: also the ensemble members' std (``VolumeResult.spread``); nothing is kept for ensemble 1.
 
     Returns:
         A ``VolumeResult`` whose arrays are still slicing-axis first.
@@ -102,6 +111,8 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
     run = plan.runs(depth, ranges, options.skip_margin)  # (K, D)
     net_probs = np.zeros((n_labels, depth, size, size), dtype=np.float32)  # (K, D, N, N)
     ran = np.zeros((n_labels, depth), dtype=bool)
+    net_spread = np.zeros_like(net_probs) if want_spread and options.ensemble > 1 else None  # (K, D, N, N)
+    has_spread = False  # some task had more than one member
     queries: dict[int, torch.Tensor] = {}
     tracker = _Progress(run.copy(), progress)
     runner = _Batches(segmenter, budget)
@@ -151,21 +162,31 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
                 neighbour = None  # a weak neighbour adds no context
             query_slice(i)
             tasks.append(task(i, li, neighbour))
-        for (i, li, _), probs in runner.run(tasks, queries, options.ensemble, tracker):
+        for (i, li, _), probs, std in runner.run(tasks, queries, options.ensemble, tracker, net_spread is not None):
             net_probs[li, i] = probs
             ran[li, i] = True
+            if std is not None:
+                net_spread[li, i] = std
+                has_spread = True
         tracker.report()
 
-    out = np.zeros((n_labels, *query.shape), dtype=np.float32)  # (K, D, H, W)
-    for i in np.flatnonzero(ran.any(axis=0)):
-        out[:, i] = resize(torch.from_numpy(net_probs[:, i] * ran[:, i, None, None]), query.shape[1:]).clamp(0, 1)
+    out = _at_query_size(net_probs, ran, query.shape, 1.0)  # (K, D, H, W)
+    spread = _at_query_size(net_spread, ran, query.shape, 0.5) if has_spread else None
     skipped = [int(i) for i in np.flatnonzero(~ran.any(axis=0))]
     mask = merge_labels(out, support.labels, options.threshold)
     mask[skipped] = 0  # background even at threshold 0
     return VolumeResult(mask, support.labels, skipped, depth,
                         out if want_probs else None, int(ran.sum()),
                         {"support_slices": budget, "skip_margin": options.skip_margin, "cascade": options.cascade,
-                         "coarse": 1 if options.cascade else options.coarse})
+                         "coarse": 1 if options.cascade else options.coarse}, spread)
+
+
+def _at_query_size(net: np.ndarray, ran: np.ndarray, shape: tuple[int, ...], top: float) -> np.ndarray:
+    """(K, D, N, N) at the network's size -> (K, D, H, W) float32 in [0, top]; 0 for every task that did not run."""
+    out = np.zeros((net.shape[0], *shape), dtype=np.float32)
+    for i in np.flatnonzero(ran.any(axis=0)):
+        out[:, i] = resize(torch.from_numpy(net[:, i] * ran[:, i, None, None]), shape[1:]).clamp(0, top)
+    return out
 
 
 def _confident(probs: np.ndarray, threshold: float) -> bool:
@@ -204,32 +225,37 @@ class _Batches:
         self.size = self.floor  # the first pass times the model; the next ones are sized from it
         self.every = PROGRESS_EVERY_S
 
-    def forward(self, chunk, queries, ensemble) -> torch.Tensor:
-        """(B, N, N) probabilities of a chunk of tasks. One support subset: a single forward pass of the
-        whole chunk (``predict_prepared`` would split it into ~1 s passes, which on a CPU means one task per
-        pass at twice the cost per task); an ensemble goes through ``predict_prepared``."""
+    def forward(self, chunk, queries, ensemble, spread: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, N) probabilities of a chunk of tasks, and with ``spread`` the (B, N, N) members' std (None for
+        one member). One support subset: a single forward pass of the whole chunk (``predict_prepared`` would
+        split it into ~1 s passes, which on a CPU means one task per pass at twice the cost per task); an
+        ensemble goes through ``predict_prepared``."""
         q = torch.stack([queries[i] for i, _, _ in chunk])  # (B, N, N)
         supports = [s for _, _, s in chunk]
         if ensemble > 1:
-            return self.segmenter.predict_prepared(q, supports, ensemble)[:, 0]
+            if not spread:
+                return self.segmenter.predict_prepared(q, supports, ensemble)[:, 0], None
+            probs, std = self.segmenter.predict_prepared(q, supports, ensemble, spread=True)  # (B, 1, N, N) each
+            return probs[:, 0], None if std is None else std[:, 0]
         out = torch.empty(q.shape)
         for size in {s.size for s in supports}:  # one pass per support size (a label with few slices: fewer)
             rows = [b for b, s in enumerate(supports) if s.size == size]
             images = torch.stack([supports[b].images for b in rows]).unsqueeze(2)  # (B', S, 1, N, N)
             masks = torch.stack([supports[b].masks[0] for b in rows]).unsqueeze(2)  # (B', S, 1, N, N)
             out[rows] = self.segmenter.predict_torch(q[rows].unsqueeze(1), images, masks)[:, 0]
-        return out
+        return out, None
 
-    def run(self, tasks, queries, ensemble, tracker):
+    def run(self, tasks, queries, ensemble, tracker, spread: bool = False):
+        """Yields (task, (N, N) probabilities, (N, N) members' std or None) per task."""
         start = 0
         while start < len(tasks):
             chunk = tasks[start:start + self.size]
             began = time.perf_counter()
-            probs = self.forward(chunk, queries, ensemble)  # (B, N, N)
+            probs, std = self.forward(chunk, queries, ensemble, spread)  # (B, N, N) each
             per_task = (time.perf_counter() - began) / len(chunk)
             self.size = int(np.clip(self.every / max(per_task, 1e-6), self.floor, self.limit))
-            for (i, li, s), p in zip(chunk, probs):
+            for b, ((i, li, s), p) in enumerate(zip(chunk, probs)):
                 tracker.done(i)
-                yield (i, li, s), p.numpy()
+                yield (i, li, s), p.numpy(), None if std is None else std[b].numpy()
             tracker.report()
             start += len(chunk)

@@ -49,9 +49,9 @@ async def create_job(
             return (*encode(task, mask), {"labels": labels})
         result = run_volume(task, model, progress)
         probs = encode_probs(result.probs, task.query) if task.want_probs else None
-        maps = encode_probs(uncertainty_map(result.probs), task.query) if form.uncertainty else None
+        maps = encode_probs(uncertainty_map(result.probs, result.spread), task.query) if form.uncertainty else None
         labels = {**label_summary(result.mask, task.labels, task.label_names),
-                  **assess_task(task, model, result.mask, result.probs, None)}
+                  **assess_task(task, model, result.mask, result.probs, result.spread)}
         return (*encode(task, result.mask), {"volume": volume_details(task, result), "probs": probs,
                                              "uncertainty": maps, "labels": labels})
 

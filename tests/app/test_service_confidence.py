@@ -13,7 +13,9 @@ import nibabel as nib
 import numpy as np
 from testkit.inputs import ball_volume, disk_pair, nifti, png, read_png, support_files
 
+from data.io import read_series
 from model import confidence
+from model.inputs import read_support
 
 QUALITY = {"confidence", "low_confidence", "low_confidence_labels", "mismatch", "calibrated", "warnings"}
 
@@ -122,6 +124,49 @@ def test_volume_answers_and_jobs_carry_confidence_and_a_float_uncertainty_nifti(
     assert np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(r.content)).dataobj).shape == (20, 18, 8, 1)
     result = client.get(job["result"])
     assert result.headers["x-confidence"].startswith("1=") and result.headers["x-calibrated"] == "false"
+
+
+def _nifti_maps(b64: str) -> np.ndarray:
+    return np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(b64))).dataobj)  # (H, W, D, K)
+
+
+def test_an_ensemble_volume_uncertainty_is_twice_the_members_std_not_the_entropy(client, rng):
+    volume, _ = ball_volume(rng, (20, 18, 8))
+    pairs = [ball_volume(rng, (20, 20, 8)) for _ in range(3)]
+    files = [("query", ("q.nii.gz", nifti(volume)))]
+    for v, m in pairs:
+        files += [("support_images", ("v.nii.gz", nifti(v))), ("support_masks", ("m.nii.gz", nifti(m)))]
+    body = client.post("/segment", files=files, data={"uncertainty": "true", "ensemble": 3, "output": "probs"}).json()
+    maps, probs = _nifti_maps(body["uncertainty"][0]), _nifti_maps(body["probs"][0])
+    # the same request through the model door: the members' std the service's map must be twice of
+    segmenter = client.app.state.model.segmenter
+    support = read_support([nifti(v) for v, _ in pairs], [nifti(m) for _, m in pairs], volumes=True)
+    expected = segmenter.predict_volume_result(read_series([nifti(volume)]).array,
+                                               support=support.prepare(segmenter, 2), ensemble=3, probs=True,
+                                               spread=True)
+    assert maps.shape == probs.shape == (20, 18, 8, 1) and expected.spread.max() > 0
+    np.testing.assert_allclose(maps, np.moveaxis(np.clip(2 * expected.spread, 0, 1), 0, -1), atol=1e-6)
+    entropy = np.moveaxis(confidence.uncertainty_map(np.moveaxis(probs, -1, 0)), 0, -1)
+    assert np.abs(maps - entropy).max() > 0.1  # not the one-member map
+    job = _wait(client, client.post("/jobs", files=files, data={"uncertainty": "true", "ensemble": 3}).json()["id"])
+    assert job["status"] == "done" and job["confidence"] == body["confidence"]  # the agreement factor too
+    r = client.get(job["uncertainty"])
+    np.testing.assert_allclose(np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(r.content)).dataobj), maps,
+                               atol=1e-6)
+
+
+def test_members_that_agree_give_a_zero_volume_uncertainty(client, rng):
+    """Support volumes whose slices are all alike: every subset is the same, so 2 x std is 0 (the entropy of
+    the tiny model's probabilities is not)."""
+    volume, _ = ball_volume(rng, (20, 18, 8))
+    yy, xx = np.mgrid[:20, :20]
+    mask = np.repeat(((yy - 10) ** 2 + (xx - 10) ** 2 <= 25)[..., None], 8, axis=2).astype(np.uint8)
+    image = 100 + 300 * mask.astype(np.float32)
+    files = [("query", ("q.nii.gz", nifti(volume)))]
+    files += [("support_images", ("v.nii.gz", nifti(image))), ("support_masks", ("m.nii.gz", nifti(mask)))] * 2
+    for ensemble, agree in ((4, True), (1, False)):
+        body = client.post("/segment", files=files, data={"uncertainty": "true", "ensemble": ensemble}).json()
+        assert bool(_nifti_maps(body["uncertainty"][0]).max() < 2e-3) is agree, ensemble
 
 
 def test_a_2d_job_carries_confidence_and_refuses_uncertainty(client, rng):
