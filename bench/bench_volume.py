@@ -26,16 +26,23 @@ if str(ROOT) not in sys.path:
 
 from data.io import read_image, read_mask  # noqa: E402
 from model import volume as volumes  # noqa: E402
+from model import volume_plan as plan  # noqa: E402
 from model import volume_run  # noqa: E402
 from model.segmenter import Segmenter  # noqa: E402
 from model.volume_plan import VolumeOptions  # noqa: E402
 
 BRATS = ROOT.parent / "shared" / "datasets" / "brats_deepmedic"
-CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16": CPU bf16 autocast
+CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16": CPU bf16 autocast;
+    # "spacing": volume_plan.SUPPORT_SPACING (the least relative depth between two support slices of one volume)
     "old": {"support_slices": 64, "skip_margin": None, "coarse": 1},  # 16 per volume x 4 volumes, every slice
     "prev": {"support_slices": 16, "skip_margin": 0.1, "coarse": 1, "floor": 1},  # the first defaults
     "new": {},  # the defaults
     "b16": {"support_slices": 16, "skip_margin": 0.1, "coarse": 1},  # prev + passes of >= 64 support items
+    "b8": {"support_slices": 8, "skip_margin": 0.1, "coarse": 1},
+    "b8+sp0.02": {"support_slices": 8, "skip_margin": 0.1, "coarse": 1, "spacing": 0.02},
+    "b8+sp0.05": {"support_slices": 8, "skip_margin": 0.1, "coarse": 1, "spacing": 0.05},
+    "b8+sp0.1": {"support_slices": 8, "skip_margin": 0.1, "coarse": 1, "spacing": 0.1},
+    "b8+c3+sp0.05": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3, "spacing": 0.05},
     "b16+c2": {"support_slices": 16, "skip_margin": 0.1, "coarse": 2},
     "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
     "b8+c2": {"support_slices": 8, "skip_margin": 0.1, "coarse": 2},
@@ -164,7 +171,8 @@ def main() -> None:
             prepared.cache.clear()  # every configuration prepares its own support slices
             query = volume[..., sub] if config == "old" else volume
             options = dict(CONFIGS[config])
-            plain, floor = segmenter.predict_torch, volume_run.MIN_PASS_ITEMS
+            plain, floor, spacing = segmenter.predict_torch, volume_run.MIN_PASS_ITEMS, plan.SUPPORT_SPACING
+            plan.SUPPORT_SPACING = options.pop("spacing", spacing)
             if options.pop("bf16", False):
                 segmenter.predict_torch = bf16(segmenter)
             volume_run.MIN_PASS_ITEMS = options.pop("floor", floor)
@@ -172,7 +180,7 @@ def main() -> None:
             try:
                 result = volumes.predict_with_volumes(segmenter, query, prepared, VolumeOptions(**options))
             finally:
-                segmenter.predict_torch, volume_run.MIN_PASS_ITEMS = plain, floor
+                segmenter.predict_torch, volume_run.MIN_PASS_ITEMS, plan.SUPPORT_SPACING = plain, floor, spacing
             seconds = time.perf_counter() - start
             scale = volume.shape[2] / query.shape[2]  # 1 but for 'old' with --old-step
             mask = np.zeros(truth.shape, result.mask.dtype)

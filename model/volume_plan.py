@@ -20,6 +20,7 @@ from data.errors import InputError
 DEFAULT_SUPPORT_SLICES = 8  # per query slice and label, in all (16 costs ~1.7x as much per task)
 DEFAULT_SKIP_MARGIN = 0.1  # relative depth beyond every support volume's labelled range that still runs
 DEFAULT_COARSE = 3  # coarse-to-fine stride: 1 runs every slice in range (see ``coarse``)
+SUPPORT_SPACING = 0.0  # least relative depth between two support slices of one volume (``select``)
 
 
 @dataclass(frozen=True)
@@ -193,20 +194,37 @@ def share(budget: int, distances: list[float]) -> list[int]:
     return counts
 
 
-def select(present: list[np.ndarray], depths: list[int], pos: float, budget: int) -> list[tuple[int, int]]:
+def _spaced(ranked: np.ndarray, gap: float) -> np.ndarray:
+    """``ranked`` (slice indices, nearest first) reordered so that slices at least ``gap`` slices from every
+    earlier pick come first (greedy, nearest first); the others follow in their order."""
+    if gap <= 1 or ranked.size < 2:
+        return ranked
+    first, rest = [], []
+    for j in ranked:
+        (first if all(abs(int(j) - k) >= gap - 1e-9 for k in first) else rest).append(int(j))
+    return np.asarray(first + rest, dtype=ranked.dtype)
+
+
+def select(present: list[np.ndarray], depths: list[int], pos: float, budget: int,
+           spacing: float | None = None) -> list[tuple[int, int]]:
     """The support slices of one (query slice, label) task: (volume, slice) pairs, at most ``budget``.
 
     Each volume holding the label gives its ``share`` of the slices nearest to relative position ``pos`` that
-    hold it; a volume with fewer labelled slices than its share hands the rest to the others.
+    hold it, at least ``spacing`` (relative depth; None: ``SUPPORT_SPACING``) apart where the volume has such
+    slices, so that a small share is not spent on near-copies; a volume with fewer labelled slices than its
+    share hands the rest to the others.
 
     Args:
         present: per support volume, the indices of its slices holding the label (ascending).
         depths: per support volume, its number of slices D_v.
         pos: the query slice's relative depth.
         budget: support slices wanted in all.
+        spacing: the least relative depth between two slices taken from one volume, where it can be kept.
     """
+    spacing = SUPPORT_SPACING if spacing is None else spacing
     holders = [v for v, p in enumerate(present) if p.size]
-    ranked = {v: present[v][np.argsort(np.abs(present[v] - pos * (depths[v] - 1)), kind="stable")] for v in holders}
+    ranked = {v: _spaced(present[v][np.argsort(np.abs(present[v] - pos * (depths[v] - 1)), kind="stable")],
+                         spacing * (depths[v] - 1)) for v in holders}
     distances = [float(np.abs(relative(ranked[v][0], depths[v]) - pos)) for v in holders]
     counts = dict(zip(holders, share(budget, distances)))
     # volumes with too few labelled slices hand their unused share to the others, nearest first

@@ -52,6 +52,16 @@ def test_budget_moves_to_volumes_that_hold_enough():
     assert len(plan.select(present, [30, 30, 30], 0.2, budget=64)) == 31  # every labelled slice, no more
 
 
+def test_spacing_keeps_a_volumes_support_slices_apart():
+    present = [np.arange(0, 51), np.arange(30, 40)]
+    near = plan.select(present, depths=[51, 51], pos=0.5, budget=6, spacing=0.0)
+    assert sorted(j for v, j in near if v == 0) == [24, 25, 26]  # the nearest: near-copies of each other
+    apart = plan.select(present, depths=[51, 51], pos=0.5, budget=6, spacing=0.1)  # 5 slices of 50
+    assert sorted(j for v, j in apart if v == 0) == [20, 25, 30]  # nearest first, then 5 slices apart
+    assert sorted(j for v, j in apart if v == 1) == [30, 31, 35]  # a short range: 30 and 35, then the nearest
+    assert len(plan.select(present, [51, 51], 0.5, budget=70, spacing=0.1)) == 61  # then the rest, nearest first
+
+
 def test_share_is_fair_and_exact():
     assert plan.share(16, [0.3, 0.1, 0.2]) == [5, 6, 5]
     assert plan.share(2, [0.3, 0.1, 0.2]) == [0, 1, 1]
