@@ -30,7 +30,7 @@ def test_labelled_ranges_are_relative_per_volume():
 
 def test_budget_is_spread_over_volumes_by_position():
     present = [np.arange(0, 50), np.arange(0, 50), np.arange(0, 50), np.arange(40, 50)]
-    chosen = plan.select(present, depths=[50] * 4, pos=0.5, budget=16)
+    chosen = plan.select(present, depths=[50] * 4, pos=0.5, budget=16, spacing=0.0)
     assert len(chosen) == 16
     per_volume = np.bincount([v for v, _ in chosen], minlength=4)
     assert list(per_volume) == [4, 4, 4, 4]
