@@ -1,9 +1,9 @@
 """The plots of docs/examples-guide.md, from the measurements it cites (nothing is measured here).
 
-    python scripts/plot-examples-guide.py            # docs/eval-gen2.json and docs/eval-select.json -> docs/*.png
+    python scripts/plot-examples-guide.py            # docs/eval-gen3-decay.json and docs/eval-select.json -> docs/*.png
 
-- ``docs/examples-dice-vs-s.png``: Dice against the number of examples S (``icseg eval``, docs/eval-gen2.json:
-  the shipped model and the second-generation candidate, per held-out dataset and their mean);
+- ``docs/examples-dice-vs-s.png``: Dice against the number of examples S (``icseg eval``, docs/eval-gen3-decay.json:
+  the shipped model and the first default model, per held-out dataset and their mean);
 - ``docs/examples-selection.png``: Dice of k examples chosen by ``select=similar`` against ``random``, with and
   without ensembling, and the whole pool at once (``icseg eval --select``, docs/eval-select.json).
 
@@ -25,8 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-# eval-gen2.json's names: "previous" is the shipped default model, "icseg" the second-generation candidate
-MODELS = {"previous": "shipped default", "icseg": "gen2 candidate"}
+# eval-gen3-decay.json's names: "icseg" is the shipped default model, "previous" the first default model
+MODELS = {"icseg": "shipped default", "previous": "first default model"}
 
 
 def _means(rows: list[dict], key=lambda r: (r["method"], r["support_size"])) -> dict:
@@ -45,10 +45,10 @@ def plot_dice_vs_s(data: dict, out: Path) -> str:
     colours = plt.cm.tab10(np.linspace(0, 1, 10))
     per = {(r["dataset"], r["method"], r["support_size"]): r["dice"] for r in rows}
     for i, d in enumerate(datasets):
-        ys = [per.get((d, "previous", s), np.nan) for s in sizes]
+        ys = [per.get((d, "icseg", s), np.nan) for s in sizes]
         ax.plot(sizes, ys, "-", color=colours[i % 10], alpha=0.55, lw=1, label=d)
     means = _means(rows)
-    for method, style in (("previous", "k-o"), ("icseg", "k--s")):
+    for method, style in (("icseg", "k-o"), ("previous", "k--s")):
         ax.plot(sizes, [means[(method, s)] for s in sizes], style, lw=2.5, label=f"mean, {MODELS[method]}")
     for method, style in (("naive_bayes", ":"), ("mean_mask", "-.")):
         ax.plot(sizes, [means[(method, s)] for s in sizes], style, color="grey", lw=1.5, label=f"mean, {method}")
@@ -64,7 +64,7 @@ def plot_dice_vs_s(data: dict, out: Path) -> str:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     lines = ["| method | " + " | ".join(f"S = {s}" for s in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
-    for method in ("previous", "icseg", "naive_bayes", "mean_mask"):
+    for method in ("icseg", "previous", "naive_bayes", "mean_mask"):
         name = MODELS.get(method, method)
         lines.append(f"| {name} | " + " | ".join(f"{means[(method, s)]:.3f}" for s in sizes) + " |")
     return "\n".join(lines)
@@ -139,7 +139,7 @@ def paired_differences(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--eval", type=Path, default=DOCS / "eval-gen2.json", help="icseg eval's JSON (Dice vs S)")
+    parser.add_argument("--eval", type=Path, default=DOCS / "eval-gen3-decay.json", help="icseg eval's JSON (Dice vs S)")
     parser.add_argument("--select", type=Path, default=DOCS / "eval-select.json", help="icseg eval --select's JSON")
     parser.add_argument("--out", type=Path, default=DOCS, help="folder for the PNGs")
     args = parser.parse_args(argv)
