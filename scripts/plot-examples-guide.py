@@ -139,7 +139,7 @@ def paired_differences(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--eval", type=Path, default=DOCS / "eval-gen3-decay.json", help="icseg eval's JSON (Dice vs S)")
+    parser.add_argument("--eval", type=Path, default=DOCS / "eval-gen3-decay.json", help="icseg eval JSON (Dice vs S)")
     parser.add_argument("--select", type=Path, default=DOCS / "eval-select.json", help="icseg eval --select's JSON")
     parser.add_argument("--out", type=Path, default=DOCS, help="folder for the PNGs")
     args = parser.parse_args(argv)
