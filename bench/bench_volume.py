@@ -33,7 +33,9 @@ from model.volume_plan import VolumeOptions  # noqa: E402
 
 BRATS = ROOT.parent / "shared" / "datasets" / "brats_deepmedic"
 CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16": CPU bf16 autocast;
-    # "spacing": volume_plan.SUPPORT_SPACING (the least relative depth between two support slices of one volume)
+    # "spacing": volume_plan.SUPPORT_SPACING (the least relative depth between two support slices of one volume);
+    # "refine_at", "refine_any": volume_run.REFINE_THRESHOLD and REFINE_ANY_LABEL (which coarse gaps are refined);
+    # "centred": volume_plan.SUPPORT_CENTRED (each volume's share centred on the query's depth)
     "old": {"support_slices": 64, "skip_margin": None, "coarse": 1},  # 16 per volume x 4 volumes, every slice
     "prev": {"support_slices": 16, "skip_margin": 0.1, "coarse": 1, "floor": 1},  # the first defaults
     "new": {},  # the defaults
@@ -56,6 +58,13 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "b8+c4+sp0.1": {"support_slices": 8, "skip_margin": 0.1, "coarse": 4, "spacing": 0.1},
     "b8+c3+sp0.1+m0.05": {"support_slices": 8, "skip_margin": 0.05, "coarse": 3, "spacing": 0.1},
     "b8+c3+sp0.05": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3, "spacing": 0.05},
+    "b8+c2+sp0.1": {"support_slices": 8, "skip_margin": 0.1, "coarse": 2, "spacing": 0.1},
+    "b8+c3+sp0.1+any": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3, "spacing": 0.1, "refine_any": True},
+    "b8+c3+sp0.1+r0.3": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3, "spacing": 0.1, "refine_at": 0.3},
+    "b8+c3+sp0.1+ctr": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3, "spacing": 0.1, "centred": True},
+    "b8+c3+sp0.05+ctr": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3, "spacing": 0.05, "centred": True},
+    "b12+c3+sp0.05+ctr": {"support_slices": 12, "skip_margin": 0.1, "coarse": 3, "spacing": 0.05, "centred": True},
+    "b8+c4+sp0.1+any": {"support_slices": 8, "skip_margin": 0.1, "coarse": 4, "spacing": 0.1, "refine_any": True},
     "b16+c2": {"support_slices": 16, "skip_margin": 0.1, "coarse": 2},
     "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
     "b8+c2": {"support_slices": 8, "skip_margin": 0.1, "coarse": 2},
@@ -185,7 +194,11 @@ def main() -> None:
             query = volume[..., sub] if config == "old" else volume
             options = dict(CONFIGS[config])
             plain, floor, spacing = segmenter.predict_torch, volume_run.MIN_PASS_ITEMS, plan.SUPPORT_SPACING
+            refine, centred = (volume_run.REFINE_THRESHOLD, volume_run.REFINE_ANY_LABEL), plan.SUPPORT_CENTRED
             plan.SUPPORT_SPACING = options.pop("spacing", spacing)
+            plan.SUPPORT_CENTRED = options.pop("centred", centred)
+            volume_run.REFINE_THRESHOLD = options.pop("refine_at", refine[0])
+            volume_run.REFINE_ANY_LABEL = options.pop("refine_any", refine[1])
             if options.pop("bf16", False):
                 segmenter.predict_torch = bf16(segmenter)
             volume_run.MIN_PASS_ITEMS = options.pop("floor", floor)
@@ -194,6 +207,8 @@ def main() -> None:
                 result = volumes.predict_with_volumes(segmenter, query, prepared, VolumeOptions(**options))
             finally:
                 segmenter.predict_torch, volume_run.MIN_PASS_ITEMS, plan.SUPPORT_SPACING = plain, floor, spacing
+                volume_run.REFINE_THRESHOLD, volume_run.REFINE_ANY_LABEL = refine
+                plan.SUPPORT_CENTRED = centred
             seconds = time.perf_counter() - start
             scale = volume.shape[2] / query.shape[2]  # 1 but for 'old' with --old-step
             mask = np.zeros(truth.shape, result.mask.dtype)
@@ -205,8 +220,8 @@ def main() -> None:
                          "wt": dice(mask > 0, truth > 0), "labels": per_label, "mean": float(np.mean(per_label)),
                          "wt_sub": dice(mask[..., sub] > 0, truth[..., sub] > 0), "mean_sub": float(np.mean(on_sub))})
             print(f"  {name} {config}: {seconds:.1f} s ({result.tasks} tasks); Dice WT {rows[-1]['wt']:.3f}, mean "
-                  f"{rows[-1]['mean']:.3f}; on old's slices {rows[-1]['wt_sub']:.3f}, {rows[-1]['mean_sub']:.3f}",
-                  flush=True)
+                  f"{rows[-1]['mean']:.3f}; on old's slices {rows[-1]['wt_sub']:.3f}, {rows[-1]['mean_sub']:.3f} "
+                  f"(per label {' '.join(f'{d:.3f}' for d in on_sub)})", flush=True)
 
     head = " | ".join(f"Dice {lab}" for lab in labels)
     print(f"\n| query | config | seconds | speed-up vs old | tasks | skipped slices | Dice WT | {head} | mean Dice | "

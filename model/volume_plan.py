@@ -23,6 +23,9 @@ DEFAULT_COARSE = 3  # coarse-to-fine stride: 1 runs every slice in range (see ``
 # least relative depth between two support slices of one volume (``select``): 8 nearest slices are near-copies;
 # 8 slices 0.1 apart matched the old 64 nearest on BraTS (docs/performance.md, "Spacing the support slices")
 SUPPORT_SPACING = 0.1
+# how a volume's share is laid out (``select``): False: the nearest slice, then the nearest at least the spacing
+# from every pick; True: centred on the query's depth, the spacing apart (a share of 2: half a spacing each side)
+SUPPORT_CENTRED = False
 
 
 @dataclass(frozen=True)
@@ -150,9 +153,13 @@ def coarse_slices(run: np.ndarray, stride: int) -> np.ndarray:
     return out
 
 
-def fine_slices(run: np.ndarray, first: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+def fine_slices(run: np.ndarray, first: np.ndarray, foreground: np.ndarray, any_label: bool = False) -> np.ndarray:
     """(K, D) bool: the running slices left after the coarse ones (``first``) that still run: those between
-    two coarse slices of the same run of which at least one has ``foreground`` (K, D)."""
+    two coarse slices of the same run of which at least one has ``foreground`` (K, D), of the same label, or of
+    any label with ``any_label`` (nested structures such as a tumour's parts: a small part is then looked for
+    wherever the whole was found)."""
+    if any_label:
+        foreground = np.broadcast_to(foreground.any(axis=0), foreground.shape)
     out = np.zeros_like(run, dtype=bool)
     for li in range(run.shape[0]):
         for lo, hi in _segments(run[li]):
@@ -207,6 +214,18 @@ def _spaced(ranked: np.ndarray, gap: float) -> np.ndarray:
     return np.asarray(first + rest, dtype=ranked.dtype)
 
 
+def _centred(present: np.ndarray, centre: float, n: int, gap: float) -> np.ndarray:
+    """``n`` of the labelled slices ``present``: for each of n depths centred on ``centre``, ``gap`` slices apart,
+    the nearest labelled slice not yet taken (so a small shift of the query moves every pick a little, where the
+    nearest-first rule may flip a pick from one side to the other)."""
+    taken: list[int] = []
+    for k in range(min(n, present.size)):
+        target = centre + (k - (n - 1) / 2) * gap
+        free = present[~np.isin(present, taken)]
+        taken.append(int(free[np.argmin(np.abs(free - target))]))
+    return np.asarray(taken, dtype=present.dtype)
+
+
 def select(present: list[np.ndarray], depths: list[int], pos: float, budget: int,
            spacing: float | None = None) -> list[tuple[int, int]]:
     """The support slices of one (query slice, label) task: (volume, slice) pairs, at most ``budget``.
@@ -238,6 +257,9 @@ def select(present: list[np.ndarray], depths: list[int], pos: float, budget: int
         take = min(spare, ranked[v].size - counts[v])
         counts[v] += take
         spare -= take
+    if SUPPORT_CENTRED:
+        return [(v, int(j)) for v in holders
+                for j in _centred(present[v], pos * (depths[v] - 1), counts[v], spacing * (depths[v] - 1))]
     return [(v, int(j)) for v in holders for j in ranked[v][:counts[v]]]
 
 

@@ -37,6 +37,10 @@ PROGRESS_EVERY_S = 2.0  # a forward pass is sized to take about this long, so pr
 MIN_PASS_ITEMS = 64
 CONFIDENT = 0.7  # cascade: a neighbour joins the support when its foreground's mean probability reaches this
 MIN_AREA = 0.002  # cascade: ... and its foreground covers at least this fraction of the slice
+# coarse-to-fine: a gap between two coarse slices is refined when one of them holds foreground at this probability
+# (None: the request's threshold) of its own label, or of any label when REFINE_ANY_LABEL (nested structures)
+REFINE_THRESHOLD: float | None = None
+REFINE_ANY_LABEL = False
 
 
 @dataclass
@@ -137,8 +141,9 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
         are background (done without running)."""
         first = plan.coarse_slices(run, options.coarse)
         yield [(i, li, None) for i in range(depth) for li in range(n_labels) if first[li, i]]
-        foreground = ran & (net_probs >= options.threshold).any(axis=(2, 3))  # (K, D)
-        then = plan.fine_slices(run, first, foreground)
+        at = options.threshold if REFINE_THRESHOLD is None else REFINE_THRESHOLD
+        foreground = ran & (net_probs >= at).any(axis=(2, 3))  # (K, D)
+        then = plan.fine_slices(run, first, foreground, any_label=REFINE_ANY_LABEL)
         for li, i in zip(*np.nonzero(run & ~first & ~then)):
             run[li, i] = False
             tracker.done(int(i))

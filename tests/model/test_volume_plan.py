@@ -62,6 +62,17 @@ def test_spacing_keeps_a_volumes_support_slices_apart():
     assert len(plan.select(present, [51, 51], 0.5, budget=70, spacing=0.1)) == 61  # then the rest, nearest first
 
 
+def test_centred_support_sits_around_the_query_and_moves_with_it(monkeypatch):
+    monkeypatch.setattr(plan, "SUPPORT_CENTRED", True)
+    present = [np.arange(0, 51), np.arange(30, 40)]
+    chosen = plan.select(present, depths=[51, 51], pos=0.5, budget=4, spacing=0.1)  # 5 slices of 50
+    assert sorted(j for v, j in chosen if v == 0) == [22, 27]  # 25 -/+ 2.5: the nearest (ties: the shallower)
+    assert sorted(j for v, j in chosen if v == 1) == [30, 31]  # a short range: its nearest, none taken twice
+    moved = plan.select(present, depths=[51, 51], pos=0.52, budget=4, spacing=0.1)  # one slice deeper
+    assert sorted(j for v, j in moved if v == 0) == [23, 28]
+    assert plan.select(present, [51, 51], 0.52, budget=4, spacing=0.1) == moved  # deterministic
+
+
 def test_share_is_fair_and_exact():
     assert plan.share(16, [0.3, 0.1, 0.2]) == [5, 6, 5]
     assert plan.share(2, [0.3, 0.1, 0.2]) == [0, 1, 1]
@@ -126,3 +137,16 @@ def test_fine_slices_run_only_next_to_a_coarse_slice_with_foreground():
     assert list(np.flatnonzero(then[0])) == [6, 7, 9]  # the gaps 5..8 and 8..10; gap 2..5 stays background
     assert not plan.fine_slices(run, first, np.zeros_like(foreground)).any()
     assert (plan.fine_slices(run, first, run) == (run & ~first)).all()  # found everywhere: every slice runs
+
+
+def test_fine_slices_of_any_label_refine_every_label_where_one_was_found():
+    run = np.zeros((2, 14), bool)
+    run[:, 2:11] = True
+    first = plan.coarse_slices(run, 3)  # 2, 5, 8, 10 for both labels
+    foreground = np.zeros((2, 14), bool)
+    foreground[0, 8] = True  # only label 0 (the whole) was found, on slice 8; label 1 (a part of it) nowhere
+    own = plan.fine_slices(run, first, foreground)
+    assert list(np.flatnonzero(own[0])) == [6, 7, 9] and not own[1].any()
+    shared = plan.fine_slices(run, first, foreground, any_label=True)
+    assert list(np.flatnonzero(shared[1])) == [6, 7, 9] and (shared[0] == own[0]).all()
+    assert not (shared & first).any()  # a coarse slice never runs twice
