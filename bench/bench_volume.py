@@ -64,6 +64,10 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "b8+c3+sp0.1+ctr": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3, "spacing": 0.1, "centred": True},
     "b8+c3+sp0.05+ctr": {"support_slices": 8, "skip_margin": 0.1, "coarse": 3, "spacing": 0.05, "centred": True},
     "b12+c3+sp0.05+ctr": {"support_slices": 12, "skip_margin": 0.1, "coarse": 3, "spacing": 0.05, "centred": True},
+    "b8+c4+sp0.1+ctr": {"support_slices": 8, "skip_margin": 0.1, "coarse": 4, "spacing": 0.1, "centred": True},
+    "b8+c5+sp0.1+ctr": {"support_slices": 8, "skip_margin": 0.1, "coarse": 5, "spacing": 0.1, "centred": True},
+    "b8+c4+sp0.1+ctr+m0.05": {"support_slices": 8, "skip_margin": 0.05, "coarse": 4, "spacing": 0.1,
+                              "centred": True},
     "b8+c4+sp0.1+any": {"support_slices": 8, "skip_margin": 0.1, "coarse": 4, "spacing": 0.1, "refine_any": True},
     "b16+c2": {"support_slices": 16, "skip_margin": 0.1, "coarse": 2},
     "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
@@ -112,6 +116,21 @@ def load_png_volumes(folder: Path, names: list[str]) -> list[tuple[np.ndarray, n
     return out
 
 
+def all_cases(folder: Path, brats: bool = False) -> list[str]:
+    """The case names of a BraTS folder (``*_patNNNN_*.nii.gz``) or of a rebuilt 2D set (``<case>_<slice>.png``)."""
+    if brats:
+        return sorted(p.name.split("_")[2] for p in (folder / "images").glob("*.nii.gz"))
+    return sorted({p.stem.rsplit("_", 1)[0] for p in (folder / "images").glob("*.png")})
+
+
+def support_for(query: str, support: list[str], cases: list[str]) -> list[str]:
+    """``support`` without the query's own case, filled up to its length from the other cases in order: a
+    query never sees itself among the examples."""
+    out = [c for c in support if c != query]
+    out += [c for c in cases if c != query and c not in out][: len(support) - len(out)]
+    return out
+
+
 def synthetic(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """BraTS-shaped (120, 120, 155) volumes with nested blobs labelled 1-4 over a stretch of slices."""
     rng = np.random.default_rng(seed)
@@ -151,7 +170,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", nargs="+", default=["pat0001"], help="BraTS cases segmented")
     parser.add_argument("--support", nargs="+", default=["pat0002", "pat0003", "pat0004", "pat0005"],
-                        help="BraTS cases used as support volumes (the query's own case is left out)")
+                        help="cases used as support volumes; a query's own case is replaced by the first other "
+                        "case that is neither a query's support nor the query")
     parser.add_argument("--configs", nargs="+", default=["old", "new"], choices=sorted(CONFIGS))
     parser.add_argument("--query-step", type=int, default=1, help="keep every k-th query slice")
     parser.add_argument("--old-step", type=int, default=1,
@@ -171,22 +191,25 @@ def main() -> None:
         return pass_sizes(Segmenter.from_pretrained())
 
     real = (BRATS / "images").is_dir() or args.folder is not None
-    if args.folder is not None:
-        support = load_png_volumes(args.folder, args.support)
-        queries = dict(zip(args.queries, load_png_volumes(args.folder, args.queries)))
-    elif real:
-        support = load_brats(BRATS, args.support)
-        queries = dict(zip(args.queries, load_brats(BRATS, args.queries)))
-    else:
-        support, queries = synthetic(4, seed=1), {"synthetic": synthetic(1, seed=2)[0]}
     segmenter = Segmenter.from_pretrained()
-    prepared = segmenter.prepare_volume_support([v for v, _ in support], [m for _, m in support], axis=2)
-    labels = prepared.labels
+    if real:
+        load = (lambda names: load_png_volumes(args.folder, names)) if args.folder else (
+            lambda names: load_brats(BRATS, names))
+        queries = dict(zip(args.queries, load(args.queries)))
+        cases = all_cases(args.folder) if args.folder else all_cases(BRATS, brats=True)
+        supports = {name: load(support_for(name, args.support, cases)) for name in args.queries}
+    else:
+        queries = {"synthetic": synthetic(1, seed=2)[0]}
+        supports = {"synthetic": synthetic(4, seed=1)}
     source = args.folder.name if args.folder else "BraTS " + BRATS.name if real else "synthetic (speed only)"
-    print(f"data: {source}; support {len(support)} volumes; "
-          f"query step {args.query_step}; torch threads {torch.get_num_threads()}")
+    print(f"data: {source}; query step {args.query_step}; torch threads {torch.get_num_threads()}")
     rows = []
     for name, (volume, truth) in queries.items():
+        support = supports[name]
+        prepared = segmenter.prepare_volume_support([v for v, _ in support], [m for _, m in support], axis=2)
+        labels = prepared.labels
+        names = support_for(name, args.support, cases) if real else ["synthetic"] * len(support)
+        print(f"  {name}: support {' '.join(names)}", flush=True)
         volume, truth = volume[..., :: args.query_step], truth[..., :: args.query_step]
         sub = np.arange(0, volume.shape[2], args.old_step)  # the slices 'old' runs
         for config in args.configs:
