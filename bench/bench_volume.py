@@ -35,7 +35,8 @@ BRATS = ROOT.parent / "shared" / "datasets" / "brats_deepmedic"
 CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16": CPU bf16 autocast;
     # "spacing": volume_plan.SUPPORT_SPACING (the least relative depth between two support slices of one volume);
     # "refine_at", "refine_any": volume_run.REFINE_THRESHOLD and REFINE_ANY_LABEL (which coarse gaps are refined);
-    # "centred": volume_plan.SUPPORT_CENTRED (each volume's share centred on the query's depth)
+    # "centred": volume_plan.SUPPORT_CENTRED (each volume's share centred on the query's depth);
+    # "scout": volume_run.COARSE_SUPPORT (support slices of the coarse pass; the budget then goes to the structure)
     "old": {"support_slices": 64, "skip_margin": None, "coarse": 1},  # 16 per volume x 4 volumes, every slice
     "prev": {"support_slices": 16, "skip_margin": 0.1, "coarse": 1, "floor": 1},  # the first defaults
     "new": {},  # the defaults
@@ -68,6 +69,10 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "b8+c5+sp0.1+ctr": {"support_slices": 8, "skip_margin": 0.1, "coarse": 5, "spacing": 0.1, "centred": True},
     "b8+c4+sp0.1+ctr+m0.05": {"support_slices": 8, "skip_margin": 0.05, "coarse": 4, "spacing": 0.1,
                               "centred": True},
+    "b16+c6+sp0.05+s8": {"support_slices": 16, "skip_margin": 0.1, "coarse": 6, "spacing": 0.05, "scout": 8},
+    "b16+c4+sp0.05+s8": {"support_slices": 16, "skip_margin": 0.1, "coarse": 4, "spacing": 0.05, "scout": 8},
+    "b12+c6+sp0.08+s4": {"support_slices": 12, "skip_margin": 0.1, "coarse": 6, "spacing": 0.08, "scout": 4},
+    "b16+c6+sp0.05+s4": {"support_slices": 16, "skip_margin": 0.1, "coarse": 6, "spacing": 0.05, "scout": 4},
     "b8+c4+sp0.1+any": {"support_slices": 8, "skip_margin": 0.1, "coarse": 4, "spacing": 0.1, "refine_any": True},
     "b16+c2": {"support_slices": 16, "skip_margin": 0.1, "coarse": 2},
     "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
@@ -218,6 +223,8 @@ def main() -> None:
             options = dict(CONFIGS[config])
             plain, floor, spacing = segmenter.predict_torch, volume_run.MIN_PASS_ITEMS, plan.SUPPORT_SPACING
             refine, centred = (volume_run.REFINE_THRESHOLD, volume_run.REFINE_ANY_LABEL), plan.SUPPORT_CENTRED
+            scout = volume_run.COARSE_SUPPORT
+            volume_run.COARSE_SUPPORT = options.pop("scout", scout)
             plan.SUPPORT_SPACING = options.pop("spacing", spacing)
             plan.SUPPORT_CENTRED = options.pop("centred", centred)
             volume_run.REFINE_THRESHOLD = options.pop("refine_at", refine[0])
@@ -231,7 +238,7 @@ def main() -> None:
             finally:
                 segmenter.predict_torch, volume_run.MIN_PASS_ITEMS, plan.SUPPORT_SPACING = plain, floor, spacing
                 volume_run.REFINE_THRESHOLD, volume_run.REFINE_ANY_LABEL = refine
-                plan.SUPPORT_CENTRED = centred
+                plan.SUPPORT_CENTRED, volume_run.COARSE_SUPPORT = centred, scout
             seconds = time.perf_counter() - start
             scale = volume.shape[2] / query.shape[2]  # 1 but for 'old' with --old-step
             mask = np.zeros(truth.shape, result.mask.dtype)

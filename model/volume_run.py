@@ -41,6 +41,10 @@ MIN_AREA = 0.002  # cascade: ... and its foreground covers at least this fractio
 # (None: the request's threshold) of its own label, or of any label when REFINE_ANY_LABEL (nested structures)
 REFINE_THRESHOLD: float | None = None
 REFINE_ANY_LABEL = False
+# coarse-to-fine: support slices of the coarse pass (None: the request's budget). With fewer than the budget, the
+# coarse pass only finds where the structure is; the slices around it, the coarse ones that found it included, then
+# run at the full budget, so the budget is spent where the mask is
+COARSE_SUPPORT: int | None = None
 
 
 @dataclass
@@ -121,12 +125,12 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
     tracker = _Progress(run.copy(), progress)
     runner = _Batches(segmenter, budget)
 
-    def task(i: int, li: int, neighbour: int | None) -> tuple[int, int, PreparedSupport]:
-        chosen = plan.select([p[li] for p in support.present], depths, float(plan.relative(i, depth)), budget)
+    def task(i: int, li: int, neighbour: int | None, items: int = budget) -> tuple[int, int, PreparedSupport]:
+        chosen = plan.select([p[li] for p in support.present], depths, float(plan.relative(i, depth)), items)
         pairs = [_support_slice(support, v, j, li, size) for v, j in chosen]
         if neighbour is not None:  # the cascade's context replaces the farthest support slice
             context = (queries[neighbour], torch.from_numpy(net_probs[li, neighbour] >= options.threshold).float())
-            pairs = [context] + pairs[: budget - 1]
+            pairs = [context] + pairs[: items - 1]
         images = torch.stack([p[0] for p in pairs])  # (S, N, N)
         masks = torch.stack([p[1] for p in pairs])[None]  # (1, S, N, N)
         return i, li, PreparedSupport(images, masks, (support.labels[li],))
@@ -140,13 +144,18 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
         """The coarse slices, then those between two coarse slices of which one found the structure; the rest
         are background (done without running)."""
         first = plan.coarse_slices(run, options.coarse)
-        yield [(i, li, None) for i in range(depth) for li in range(n_labels) if first[li, i]]
+        scout = budget if COARSE_SUPPORT is None else min(COARSE_SUPPORT, budget)
+        yield [(i, li, None, scout) for i in range(depth) for li in range(n_labels) if first[li, i]]
         at = options.threshold if REFINE_THRESHOLD is None else REFINE_THRESHOLD
         foreground = ran & (net_probs >= at).any(axis=(2, 3))  # (K, D)
         then = plan.fine_slices(run, first, foreground, any_label=REFINE_ANY_LABEL)
         for li, i in zip(*np.nonzero(run & ~first & ~then)):
             run[li, i] = False
             tracker.done(int(i))
+        if scout < budget:  # the coarse slices that found the structure run again at the full budget
+            again = first & foreground
+            then |= again
+            tracker.pending += again.sum(axis=0)
         tracker.report()
         yield [(i, li, None) for i in range(depth) for li in range(n_labels) if then[li, i]]
 
@@ -158,7 +167,7 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
         waves = [[(i, li, None) for i in range(depth) for li in range(n_labels) if run[li, i]]]
     for wave in waves:
         tasks = []
-        for i, li, neighbour in wave:
+        for i, li, neighbour, *items in wave:  # items: a smaller support for this task (the coarse pass)
             if neighbour is not None and not _confident(net_probs[li, neighbour], options.threshold):
                 if not (net_probs[li, neighbour] >= options.threshold).any():
                     run[li, i] = False  # the structure ended on the way out: background from here on
@@ -166,7 +175,7 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
                     continue
                 neighbour = None  # a weak neighbour adds no context
             query_slice(i)
-            tasks.append(task(i, li, neighbour))
+            tasks.append(task(i, li, neighbour, *items))
         for (i, li, _), probs, std in runner.run(tasks, queries, options.ensemble, tracker, net_spread is not None):
             net_probs[li, i] = probs
             ran[li, i] = True
@@ -181,7 +190,7 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
     mask = merge_labels(out, support.labels, options.threshold)
     mask[skipped] = 0  # background even at threshold 0
     return VolumeResult(mask, support.labels, skipped, depth,
-                        out if want_probs else None, int(ran.sum()),
+                        out if want_probs else None, runner.count,
                         {"support_slices": budget, "skip_margin": options.skip_margin, "cascade": options.cascade,
                          "coarse": 1 if options.cascade else options.coarse}, spread)
 
@@ -229,6 +238,7 @@ class _Batches:
         self.floor = int(np.clip(-(-MIN_PASS_ITEMS // budget), 1, self.limit))
         self.size = self.floor  # the first pass times the model; the next ones are sized from it
         self.every = PROGRESS_EVERY_S
+        self.count = 0  # tasks run
 
     def forward(self, chunk, queries, ensemble, spread: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, N, N) probabilities of a chunk of tasks, and with ``spread`` the (B, N, N) members' std (None for
@@ -259,6 +269,7 @@ class _Batches:
             probs, std = self.forward(chunk, queries, ensemble, spread)  # (B, N, N) each
             per_task = (time.perf_counter() - began) / len(chunk)
             self.size = int(np.clip(self.every / max(per_task, 1e-6), self.floor, self.limit))
+            self.count += len(chunk)
             for b, ((i, li, s), p) in enumerate(zip(chunk, probs)):
                 tracker.done(i)
                 yield (i, li, s), p.numpy(), None if std is None else std[b].numpy()

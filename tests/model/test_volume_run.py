@@ -183,6 +183,33 @@ def test_coarse_to_fine_runs_fewer_tasks_for_the_same_mask(segmenter, rng, monke
     assert set(coarse.skipped) >= {1, 2, 4, 5, 25, 26, 28}  # far from the structure: never run
 
 
+def test_a_smaller_coarse_support_spends_the_budget_where_the_structure_is(segmenter, rng, monkeypatch):
+    """The coarse pass at 2 support slices finds the structure; its neighbourhood, the coarse slices that found
+    it included, runs again at the full 4: same mask, and only the coarse slices without it stay at 2."""
+    query, _ = _ball_volume(rng, 30, (8, 22))
+    images, masks = _support(rng)
+    sizes = []
+
+    def exact(q, si, sm):
+        sizes.extend([si.shape[1]] * si.shape[0])
+        return (q > 0.6).float()
+
+    monkeypatch.setattr(segmenter, "predict_torch", exact)
+    support = segmenter.prepare_volume_support(images, masks)
+    options = VolumeOptions(support_slices=4, skip_margin=None, coarse=3)
+    plain = volumes.predict_with_volumes(segmenter, query, support, options)
+    plain_sizes, sizes[:] = list(sizes), []
+    monkeypatch.setattr(volume_run, "COARSE_SUPPORT", 2)
+    calls = []
+    scouted = volumes.predict_with_volumes(segmenter, query, support, options,
+                                           progress=lambda d, t: calls.append((d, t)))
+    np.testing.assert_array_equal(scouted.mask, plain.mask)
+    assert set(plain_sizes) == {4} and set(sizes) == {2, 4}
+    found = 2 * 5  # per label, the coarse slices 9, 12, ..., 21 that hold the disc (bright on 8..22)
+    assert scouted.tasks == plain.tasks + found and sizes.count(4) == plain.tasks - 2 * 11 + found
+    assert calls[-1] == (30, 30) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
 def test_2d_support_with_positions_skips_slices_far_from_them(segmenter, rng):
     query, truth = _ball_volume(rng, 21, (8, 12))
     support = segmenter.prepare_support([query[..., 9], query[..., 11]], [truth[..., 9], truth[..., 11]])
