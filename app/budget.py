@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from app.errors import ApiError
 from app.settings import Settings
 from data.io.probe import Probe, probe
+from model.volume_plan import DEFAULT_SUPPORT_SLICES  # what 3D support uses per task when support_slices is unset
 
 MB = 1024 * 1024
 FLOAT_COPY = 4  # bytes per pixel of the float32 working copy (grey, normalised) of each decoded file
 VOLUME_COPY = 12  # volumes: float32 copy, float64 percentile scratch, resized slices
 PROBS_PER_LABEL = 8  # bytes per query pixel and label: the float32 probability map and its merge
-DEFAULT_SUPPORT_SLICES = 16  # what 3D support uses per query slice and label when support_slices is unset
 # a 2D support set being prepared holds its arrays about three times at the peak: the per-item stack, its
 # label-first copy and, for a prompt, the stored blob; (labels + 1) float32 planes of N x N per item
 PREPARED_COPIES = 3
