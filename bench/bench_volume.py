@@ -88,6 +88,11 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "new+cascade+bf16": {"cascade": True, "bf16": True},
 }
 
+for _name, _options in CONFIGS.items():  # a "bN..." name spells its plan out: no spacing or scout unless named
+    if _name.startswith("b"):
+        _options.setdefault("spacing", 0.0)
+        _options.setdefault("scout", None)
+
 
 def bf16(segmenter: Segmenter):
     """The segmenter's torch door under bf16 autocast on the CPU (what fast-cl-bf16 in bench_network times)."""

@@ -343,7 +343,7 @@ class Segmenter:
             support_volumes, support_masks: 3D volumes and their label maps, each pair the same shape; or
             support: a ``VolumeSupport`` (``prepare_volume_support``) or a 2D ``PreparedSupport``.
             axis: the slicing axis (0, 1 or 2; 2 is axial for RAS NIfTI).
-            support_slices: support slices per task, in all (None: 8, capped by ``max_support``).
+            support_slices: support slices per task, in all (None: 12, capped by ``max_support``).
             skip_margin: relative depth (0-1) beyond the labelled ranges that still runs; None: no skipping.
             cascade: confident neighbouring predictions join the support of the next slices, outward.
             support_positions: a 2D support set's relative depth (0-1) per pair; far slices skip (``model.volume``).

@@ -15,14 +15,15 @@ import numpy as np
 
 from data.errors import InputError
 
-# the defaults, chosen with bench/bench_volume.py (docs/performance.md, "Volumes: where the time goes"): 8 support
-# slices and coarse-to-fine every 3rd slice were 15.7x faster than the old behaviour at -0.003 mean Dice on BraTS
-DEFAULT_SUPPORT_SLICES = 8  # per query slice and label, in all (16 costs ~1.7x as much per task)
+# the defaults, chosen with bench/bench_volume.py on the six BraTS cases, each against four others (docs/performance.md,
+# "Volumes: choosing the defaults, leave-one-out"): a coarse pass every 6th slice at 4 support slices
+# (volume_run.COARSE_SUPPORT) finds the structure, the slices around it run at 12 slices 0.08 apart
+DEFAULT_SUPPORT_SLICES = 12  # per query slice and label, in all (a task costs about a + b * S, a small)
 DEFAULT_SKIP_MARGIN = 0.1  # relative depth beyond every support volume's labelled range that still runs
-DEFAULT_COARSE = 3  # coarse-to-fine stride: 1 runs every slice in range (see ``coarse``)
-# least relative depth between two support slices of one volume (``select``): 8 nearest slices are near-copies;
+DEFAULT_COARSE = 6  # coarse-to-fine stride: 1 runs every slice in range (see ``coarse``)
+# least relative depth between two support slices of one volume (``select``): the nearest slices are near-copies;
 # 8 slices 0.1 apart matched the old 64 nearest on BraTS (docs/performance.md, "Spacing the support slices")
-SUPPORT_SPACING = 0.1
+SUPPORT_SPACING = 0.08
 # how a volume's share is laid out (``select``): False: the nearest slice, then the nearest at least the spacing
 # from every pick; True: centred on the query's depth, the spacing apart (a share of 2: half a spacing each side)
 SUPPORT_CENTRED = False

@@ -44,7 +44,7 @@ REFINE_ANY_LABEL = False
 # coarse-to-fine: support slices of the coarse pass (None: the request's budget). With fewer than the budget, the
 # coarse pass only finds where the structure is; the slices around it, the coarse ones that found it included, then
 # run at the full budget, so the budget is spent where the mask is
-COARSE_SUPPORT: int | None = None
+COARSE_SUPPORT: int | None = 4
 
 
 @dataclass

@@ -107,7 +107,7 @@ def test_bad_options_name_their_field(options, field):
 
 
 def test_default_budget_is_capped_by_the_model():
-    assert plan.VolumeOptions().budget(64) == plan.DEFAULT_SUPPORT_SLICES == 8
+    assert plan.VolumeOptions().budget(64) == plan.DEFAULT_SUPPORT_SLICES == 12
     assert plan.VolumeOptions().budget(4) == 4
 
 

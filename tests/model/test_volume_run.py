@@ -67,11 +67,16 @@ def test_per_label_budget_sets_the_support_size(segmenter, rng, monkeypatch):
         return original(q, si, sm)
 
     monkeypatch.setattr(segmenter, "predict_torch", spy)
+    monkeypatch.setattr(volume_run, "COARSE_SUPPORT", None)  # the coarse pass at the full budget too
     segmenter.predict_volume_result(query, images, masks, support_slices=6, skip_margin=None)
     assert set(sizes) == {6}  # 2 per volume, every task
     sizes.clear()
-    segmenter.predict_volume_result(query, images, masks, skip_margin=None)  # default 16, capped by max_support 8
+    segmenter.predict_volume_result(query, images, masks, skip_margin=None)  # default 12, capped at max_support 8
     assert set(sizes) == {8}
+    sizes.clear()
+    monkeypatch.setattr(volume_run, "COARSE_SUPPORT", 4)  # the default: the coarse pass scouts at 4
+    segmenter.predict_volume_result(query, images, masks, skip_margin=None)
+    assert set(sizes) <= {4, 8} and 4 in sizes
 
 
 def test_progress_moves_several_times_per_chunk_of_a_slow_model(segmenter, rng, monkeypatch):
@@ -197,6 +202,7 @@ def test_a_smaller_coarse_support_spends_the_budget_where_the_structure_is(segme
     monkeypatch.setattr(segmenter, "predict_torch", exact)
     support = segmenter.prepare_volume_support(images, masks)
     options = VolumeOptions(support_slices=4, skip_margin=None, coarse=3)
+    monkeypatch.setattr(volume_run, "COARSE_SUPPORT", None)
     plain = volumes.predict_with_volumes(segmenter, query, support, options)
     plain_sizes, sizes[:] = list(sizes), []
     monkeypatch.setattr(volume_run, "COARSE_SUPPORT", 2)
