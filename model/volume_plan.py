@@ -22,7 +22,8 @@ DEFAULT_SUPPORT_SLICES = 12  # per query slice and label, in all (a task costs a
 DEFAULT_SKIP_MARGIN = 0.1  # relative depth beyond every support volume's labelled range that still runs
 DEFAULT_COARSE = 6  # coarse-to-fine stride: 1 runs every slice in range (see ``coarse``)
 # least relative depth between two support slices of one volume (``select``): the nearest slices are near-copies;
-# 8 slices 0.1 apart matched the old 64 nearest on BraTS (docs/performance.md, "Spacing the support slices")
+# 8 slices 0.1 apart matched the old 64 nearest on BraTS (docs/performance.md, "Spacing the support slices"), 12 go
+# 0.08 apart at the defaults
 SUPPORT_SPACING = 0.08
 # how a volume's share is laid out (``select``): False: the nearest slice, then the nearest at least the spacing
 # from every pick; True: centred on the query's depth, the spacing apart (a share of 2: half a spacing each side)
@@ -48,7 +49,9 @@ class VolumeOptions:
             their span) are not run for it. None: every slice runs.
         coarse: coarse-to-fine stride (without the cascade): per label, every ``coarse``-th running slice
             runs first (and each run's two ends); a slice between two of them runs only when one of the two
-            has foreground, the others are background. 1 runs every slice in range.
+            has foreground, the others are background; the coarse pass runs at ``volume_run.COARSE_SUPPORT``
+            support slices, and a coarse slice that found the structure runs again at the full budget. 1 runs
+            every slice in range.
     """
 
     support_slices: int | None = None
