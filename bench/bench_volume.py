@@ -73,6 +73,7 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "b16+c4+sp0.05+s8": {"support_slices": 16, "skip_margin": 0.1, "coarse": 4, "spacing": 0.05, "scout": 8},
     "b12+c6+sp0.08+s4": {"support_slices": 12, "skip_margin": 0.1, "coarse": 6, "spacing": 0.08, "scout": 4},
     "b16+c6+sp0.05+s4": {"support_slices": 16, "skip_margin": 0.1, "coarse": 6, "spacing": 0.05, "scout": 4},
+    "b12+c6+sp0.08+s4+m0.05": {"support_slices": 12, "skip_margin": 0.05, "coarse": 6, "spacing": 0.08, "scout": 4},
     "b8+c4+sp0.1+any": {"support_slices": 8, "skip_margin": 0.1, "coarse": 4, "spacing": 0.1, "refine_any": True},
     "b16+c2": {"support_slices": 16, "skip_margin": 0.1, "coarse": 2},
     "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
