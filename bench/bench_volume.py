@@ -89,6 +89,11 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "new+cascade+bf16": {"cascade": True, "bf16": True},
 }
 
+KNOBS = {  # config key -> the in-process setting it overrides for one run (restored after it)
+    "floor": (volume_run, "MIN_PASS_ITEMS"), "spacing": (plan, "SUPPORT_SPACING"), "centred": (plan, "SUPPORT_CENTRED"),
+    "refine_at": (volume_run, "REFINE_THRESHOLD"), "refine_any": (volume_run, "REFINE_ANY_LABEL"),
+    "scout": (volume_run, "COARSE_SUPPORT"),
+}
 for _name, _options in CONFIGS.items():  # a "bN..." name spells its plan out: no spacing or scout unless named
     if _name.startswith("b"):
         _options.setdefault("spacing", 0.0)
@@ -227,24 +232,19 @@ def main() -> None:
             prepared.cache.clear()  # every configuration prepares its own support slices
             query = volume[..., sub] if config == "old" else volume
             options = dict(CONFIGS[config])
-            plain, floor, spacing = segmenter.predict_torch, volume_run.MIN_PASS_ITEMS, plan.SUPPORT_SPACING
-            refine, centred = (volume_run.REFINE_THRESHOLD, volume_run.REFINE_ANY_LABEL), plan.SUPPORT_CENTRED
-            scout = volume_run.COARSE_SUPPORT
-            volume_run.COARSE_SUPPORT = options.pop("scout", scout)
-            plan.SUPPORT_SPACING = options.pop("spacing", spacing)
-            plan.SUPPORT_CENTRED = options.pop("centred", centred)
-            volume_run.REFINE_THRESHOLD = options.pop("refine_at", refine[0])
-            volume_run.REFINE_ANY_LABEL = options.pop("refine_any", refine[1])
+            knobs = {key: getattr(module, attr) for key, (module, attr) in KNOBS.items()}
+            for key, (module, attr) in KNOBS.items():
+                setattr(module, attr, options.pop(key, knobs[key]))
+            plain = segmenter.predict_torch
             if options.pop("bf16", False):
                 segmenter.predict_torch = bf16(segmenter)
-            volume_run.MIN_PASS_ITEMS = options.pop("floor", floor)
             start = time.perf_counter()
             try:
                 result = volumes.predict_with_volumes(segmenter, query, prepared, VolumeOptions(**options))
             finally:
-                segmenter.predict_torch, volume_run.MIN_PASS_ITEMS, plan.SUPPORT_SPACING = plain, floor, spacing
-                volume_run.REFINE_THRESHOLD, volume_run.REFINE_ANY_LABEL = refine
-                plan.SUPPORT_CENTRED, volume_run.COARSE_SUPPORT = centred, scout
+                segmenter.predict_torch = plain
+                for key, (module, attr) in KNOBS.items():
+                    setattr(module, attr, knobs[key])
             seconds = time.perf_counter() - start
             scale = volume.shape[2] / query.shape[2]  # 1 but for 'old' with --old-step
             mask = np.zeros(truth.shape, result.mask.dtype)
