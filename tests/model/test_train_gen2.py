@@ -165,3 +165,15 @@ def test_sigterm_stops_after_a_step_with_a_checkpoint(tmp_path):
     state = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     assert 0 < state["step"] == trainer.step < 10**6
     assert Trainer(_cfg(tmp_path / "r", 10**6), tasks=_tasks()).step == trainer.step
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_falls_back_to_float32_on_a_cpu_without_native_bf16(tmp_path, monkeypatch, caplog, native):
+    """On a CPU that only emulates bf16 (about 20x slower there) ``bf16`` trains in float32 and says so."""
+    import model.train as train
+
+    monkeypatch.setattr(train.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    trainer = Trainer(_cfg(tmp_path / "r", 1, bf16=True), tasks=_tasks())
+    assert trainer.bf16 is native
+    assert ("bf16 is off" in caplog.text) is not native
+    assert Trainer(_cfg(tmp_path / "s", 1), tasks=_tasks()).bf16 is False
