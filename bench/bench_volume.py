@@ -36,7 +36,8 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     # "spacing": volume_plan.SUPPORT_SPACING (the least relative depth between two support slices of one volume);
     # "refine_at", "refine_any": volume_run.REFINE_THRESHOLD and REFINE_ANY_LABEL (which coarse gaps are refined);
     # "centred": volume_plan.SUPPORT_CENTRED (each volume's share centred on the query's depth);
-    # "scout": volume_run.COARSE_SUPPORT (support slices of the coarse pass; the budget then goes to the structure)
+    # "scout": volume_run.COARSE_SUPPORT (support slices of the coarse pass; the budget then goes to the structure);
+    # "refine_area": volume_run.REFINE_AREA (the least foreground of a coarse slice that refines, relative)
     "old": {"support_slices": 64, "skip_margin": None, "coarse": 1},  # 16 per volume x 4 volumes, every slice
     "prev": {"support_slices": 16, "skip_margin": 0.1, "coarse": 1, "floor": 1},  # the first defaults
     "new": {},  # the defaults
@@ -74,6 +75,11 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
     "b12+c6+sp0.08+s4": {"support_slices": 12, "skip_margin": 0.1, "coarse": 6, "spacing": 0.08, "scout": 4},
     "b16+c6+sp0.05+s4": {"support_slices": 16, "skip_margin": 0.1, "coarse": 6, "spacing": 0.05, "scout": 4},
     "b12+c6+sp0.08+s4+m0.05": {"support_slices": 12, "skip_margin": 0.05, "coarse": 6, "spacing": 0.08, "scout": 4},
+    # +raF: a coarse slice refines only when its foreground covers F x the label's median area in the support
+    "b12+c6+sp0.08+s4+ra0.5": {"support_slices": 12, "skip_margin": 0.1, "coarse": 6, "spacing": 0.08, "scout": 4,
+                               "refine_area": 0.5},
+    "b12+c8+sp0.08+s4+ra0.5": {"support_slices": 12, "skip_margin": 0.1, "coarse": 8, "spacing": 0.08, "scout": 4,
+                               "refine_area": 0.5},
     "b8+c4+sp0.1+any": {"support_slices": 8, "skip_margin": 0.1, "coarse": 4, "spacing": 0.1, "refine_any": True},
     "b16+c2": {"support_slices": 16, "skip_margin": 0.1, "coarse": 2},
     "b16+c3": {"support_slices": 16, "skip_margin": 0.1, "coarse": 3},
@@ -92,12 +98,13 @@ CONFIGS = {  # VolumeOptions fields; "floor": volume_run.MIN_PASS_ITEMS; "bf16":
 KNOBS = {  # config key -> the in-process setting it overrides for one run (restored after it)
     "floor": (volume_run, "MIN_PASS_ITEMS"), "spacing": (plan, "SUPPORT_SPACING"), "centred": (plan, "SUPPORT_CENTRED"),
     "refine_at": (volume_run, "REFINE_THRESHOLD"), "refine_any": (volume_run, "REFINE_ANY_LABEL"),
-    "scout": (volume_run, "COARSE_SUPPORT"),
+    "scout": (volume_run, "COARSE_SUPPORT"), "refine_area": (volume_run, "REFINE_AREA"),
 }
-for _name, _options in CONFIGS.items():  # a "bN..." name spells its plan out: no spacing or scout unless named
+for _name, _options in CONFIGS.items():  # a "bN..." name spells its plan out: no spacing, scout or area unless named
     if _name.startswith("b"):
         _options.setdefault("spacing", 0.0)
         _options.setdefault("scout", None)
+        _options.setdefault("refine_area", 0.0)
 
 
 def bf16(segmenter: Segmenter):

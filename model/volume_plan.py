@@ -122,6 +122,17 @@ def labelled_ranges(present: list[list[np.ndarray]], depths: list[int], n_labels
     return out
 
 
+def label_areas(masks: list[np.ndarray], present: list[list[np.ndarray]], labels: Sequence[int]) -> np.ndarray:
+    """(K,) per label, the median fraction of a slice it covers over the support slices that hold it (0 where
+    none does): the scale a coarse slice's predicted foreground is judged on."""
+    out = np.zeros(len(labels))
+    for li, label in enumerate(labels):
+        areas = [(m[slices[li]] == label).mean(axis=(1, 2)) for m, slices in zip(masks, present) if slices[li].size]
+        if areas:
+            out[li] = float(np.median(np.concatenate(areas)))
+    return out
+
+
 def runs(depth: int, ranges: list[list[tuple]], margin: float | None) -> np.ndarray:
     """(K, D) bool: which query slices run for which label.
 

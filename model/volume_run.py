@@ -38,8 +38,12 @@ MIN_PASS_ITEMS = 64
 CONFIDENT = 0.7  # cascade: a neighbour joins the support when its foreground's mean probability reaches this
 MIN_AREA = 0.002  # cascade: ... and its foreground covers at least this fraction of the slice
 # coarse-to-fine: a gap between two coarse slices is refined when one of them holds foreground at this probability
-# (None: the request's threshold) of its own label, or of any label when REFINE_ANY_LABEL (nested structures)
+# (None: the request's threshold) of its own label, or of any label when REFINE_ANY_LABEL (nested structures),
+# covering at least REFINE_AREA times the label's median area on the support slices that hold it. Relative, so
+# that a large structure's stray false-positive voxels (the scout at 4 slices makes them) refine nothing while a
+# small structure still refines; 0: any foreground voxel (bench_volume.py; docs/performance.md)
 REFINE_THRESHOLD: float | None = None
+REFINE_AREA = 0.5
 REFINE_ANY_LABEL = False
 # coarse-to-fine: support slices of the coarse pass (None: the request's budget). With fewer than the budget, the
 # coarse pass only finds where the structure is; the slices around it, the coarse ones that found it included, then
@@ -147,7 +151,9 @@ def run_volume(segmenter: Segmenter, query: np.ndarray, support: VolumeSupport, 
         scout = budget if COARSE_SUPPORT is None else min(COARSE_SUPPORT, budget)
         yield [(i, li, None, scout) for i in range(depth) for li in range(n_labels) if first[li, i]]
         at = options.threshold if REFINE_THRESHOLD is None else REFINE_THRESHOLD
-        foreground = ran & (net_probs >= at).any(axis=(2, 3))  # (K, D)
+        area = (net_probs >= at).mean(axis=(2, 3))  # (K, D) fraction of the slice
+        least = REFINE_AREA * plan.label_areas(support.masks, support.present, support.labels)  # (K,)
+        foreground = ran & (area > 0) & (area >= least[:, None])  # (K, D)
         then = plan.fine_slices(run, first, foreground, any_label=REFINE_ANY_LABEL)
         for li, i in zip(*np.nonzero(run & ~first & ~then)):
             run[li, i] = False

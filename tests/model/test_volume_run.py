@@ -52,7 +52,8 @@ def test_slices_outside_the_labelled_range_are_skipped_and_background(segmenter,
     assert result.tasks == 16 + 12  # label 1 on 13..28; label 2 (support 10..12, 0.53..0.63) on 17..28
     assert calls[0] == (24, 40)  # skipped slices are done from the start
     assert calls[-1] == (40, 40) and [d for d, _ in calls] == sorted(d for d, _ in calls)
-    full = segmenter.predict_volume_result(query, images, masks, support_slices=4, skip_margin=None)
+    full = volumes.predict_with_volumes(segmenter, query, segmenter.prepare_volume_support(images, masks),
+                                        VolumeOptions(support_slices=4, skip_margin=None, coarse=1))
     assert full.skipped == [] and full.tasks == 80
 
 
@@ -165,7 +166,8 @@ def test_passes_hold_at_least_the_minimum_of_support_items(segmenter, rng, monke
     monkeypatch.setattr(segmenter, "predict_torch", slow)
     monkeypatch.setattr(volume_run, "PROGRESS_EVERY_S", 0.01)
     monkeypatch.setattr(volume_run, "MIN_PASS_ITEMS", 8)
-    segmenter.predict_volume_result(query, images, masks, support_slices=2, skip_margin=None)
+    volumes.predict_with_volumes(segmenter, query, segmenter.prepare_volume_support(images, masks),
+                                 VolumeOptions(support_slices=2, skip_margin=None, coarse=1))  # every slice
     assert sum(batches) == 16 * 2 * 2 and min(batches) >= 8  # 32 tasks of 2 support items, 4 tasks a pass
 
 
@@ -186,6 +188,36 @@ def test_coarse_to_fine_runs_fewer_tasks_for_the_same_mask(segmenter, rng, monke
     # per label 0..29: 11 coarse slices; label 1 (slices 8..22) adds the gaps 7..23 minus coarse ones
     assert coarse.tasks < full.tasks == 60 and coarse.options["coarse"] == 3
     assert set(coarse.skipped) >= {1, 2, 4, 5, 25, 26, 28}  # far from the structure: never run
+
+
+def test_stray_foreground_below_half_the_support_area_refines_nothing(segmenter, rng, monkeypatch):
+    """A model that finds the structure and also marks one stray pixel on every slice: under the relative rule
+    (REFINE_AREA 0.5 of the label's median support area) the strays refine no gap and the structure's do; under
+    the old rule (0: any voxel) every gap refines."""
+    query, truth = _ball_volume(rng, 30, (8, 22))
+    images, masks = _support(rng)
+
+    def stray(q, si, sm):
+        out = (q > 0.6).float()
+        out[..., 0, 0] = 1.0
+        return out
+
+    monkeypatch.setattr(segmenter, "predict_torch", stray)
+    support = segmenter.prepare_volume_support(images, masks)
+    options = VolumeOptions(support_slices=4, skip_margin=None, coarse=3)
+    monkeypatch.setattr(volume_run, "COARSE_SUPPORT", None)
+    full = volumes.predict_with_volumes(segmenter, query, support,
+                                        VolumeOptions(support_slices=4, skip_margin=None, coarse=1))
+    monkeypatch.setattr(volume_run, "REFINE_AREA", 0.0)
+    any_voxel = volumes.predict_with_volumes(segmenter, query, support, options)
+    monkeypatch.setattr(volume_run, "REFINE_AREA", 0.5)
+    relative = volumes.predict_with_volumes(segmenter, query, support, options)
+    assert any_voxel.tasks == full.tasks == 60  # a stray pixel on every coarse slice: every gap refines
+    assert relative.tasks < any_voxel.tasks and set(relative.skipped) >= {1, 2, 4, 5, 25, 26, 28}
+    held = (truth > 0).any(axis=(0, 1))  # the structure's slices are refined all the same
+    np.testing.assert_array_equal(relative.mask[..., held], full.mask[..., held])
+    monkeypatch.setattr(volume_run, "REFINE_AREA", 3.0)  # above the structure's own area: nothing refines
+    assert volumes.predict_with_volumes(segmenter, query, support, options).tasks == 2 * 11  # the coarse slices alone
 
 
 def test_a_smaller_coarse_support_spends_the_budget_where_the_structure_is(segmenter, rng, monkeypatch):
