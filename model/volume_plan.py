@@ -16,11 +16,12 @@ import numpy as np
 from data.errors import InputError
 
 # the defaults, chosen with bench/bench_volume.py on the six BraTS cases, each against four others (docs/performance.md,
-# "Volumes: choosing the defaults, leave-one-out"): a coarse pass every 6th slice at 4 support slices
-# (volume_run.COARSE_SUPPORT) finds the structure, the slices around it run at 12 slices 0.08 apart
+# "Volumes: choosing the defaults, leave-one-out" and "Volumes: a relative refine rule"): a coarse pass every 8th
+# slice at 4 support slices (volume_run.COARSE_SUPPORT) finds the structure, the slices around a coarse slice whose
+# foreground covers half the label's support area (volume_run.REFINE_AREA) run at 12 slices 0.08 apart
 DEFAULT_SUPPORT_SLICES = 12  # per query slice and label, in all (a task costs about a + b * S, a small)
 DEFAULT_SKIP_MARGIN = 0.1  # relative depth beyond every support volume's labelled range that still runs
-DEFAULT_COARSE = 6  # coarse-to-fine stride: 1 runs every slice in range (see ``coarse``)
+DEFAULT_COARSE = 8  # coarse-to-fine stride: 1 runs every slice in range (see ``coarse``)
 # least relative depth between two support slices of one volume (``select``): the nearest slices are near-copies;
 # 8 slices 0.1 apart matched the old 64 nearest on BraTS (docs/performance.md, "Spacing the support slices"), 12 go
 # 0.08 apart at the defaults
