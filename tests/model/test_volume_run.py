@@ -93,8 +93,9 @@ def test_progress_moves_several_times_per_chunk_of_a_slow_model(segmenter, rng, 
     monkeypatch.setattr(volume_run, "PROGRESS_EVERY_S", 0.05)
     monkeypatch.setattr(volume_run, "MIN_PASS_ITEMS", 1)  # the efficiency floor is tested on its own below
     stamps = []
-    segmenter.predict_volume_result(query, images, masks, support_slices=2, skip_margin=None,
-                                    progress=lambda d, t: stamps.append((time.perf_counter(), d, t)))
+    volumes.predict_with_volumes(segmenter, query, segmenter.prepare_volume_support(images, masks),
+                                 VolumeOptions(support_slices=2, skip_margin=None, coarse=1),  # every slice
+                                 progress=lambda d, t: stamps.append((time.perf_counter(), d, t)))
     done = [d for _, d, _ in stamps]
     # 16 slices x 2 labels = 32 tasks; max_batch_items 256 would allow them all in one pass, yet progress
     # moved slice by slice, each update within a few passes of the last
