@@ -39,6 +39,13 @@ def _support(rng, n=2):
     return [v for v, _ in pairs], [m for _, m in pairs]
 
 
+def _every_slice(segmenter, query, images, masks, support_slices, **kwargs):
+    """The volume run without coarse-to-fine (coarse=1) and without skipping: every slice, every label."""
+    return volumes.predict_with_volumes(segmenter, query, segmenter.prepare_volume_support(images, masks),
+                                        VolumeOptions(support_slices=support_slices, skip_margin=None, coarse=1),
+                                        **kwargs)
+
+
 def test_slices_outside_the_labelled_range_are_skipped_and_background(segmenter, rng):
     query, _ = _ball_volume(rng, 40, (15, 25))
     images, masks = _support(rng)
@@ -52,8 +59,7 @@ def test_slices_outside_the_labelled_range_are_skipped_and_background(segmenter,
     assert result.tasks == 16 + 12  # label 1 on 13..28; label 2 (support 10..12, 0.53..0.63) on 17..28
     assert calls[0] == (24, 40)  # skipped slices are done from the start
     assert calls[-1] == (40, 40) and [d for d, _ in calls] == sorted(d for d, _ in calls)
-    full = volumes.predict_with_volumes(segmenter, query, segmenter.prepare_volume_support(images, masks),
-                                        VolumeOptions(support_slices=4, skip_margin=None, coarse=1))
+    full = _every_slice(segmenter, query, images, masks, 4)
     assert full.skipped == [] and full.tasks == 80
 
 
@@ -93,9 +99,7 @@ def test_progress_moves_several_times_per_chunk_of_a_slow_model(segmenter, rng, 
     monkeypatch.setattr(volume_run, "PROGRESS_EVERY_S", 0.05)
     monkeypatch.setattr(volume_run, "MIN_PASS_ITEMS", 1)  # the efficiency floor is tested on its own below
     stamps = []
-    volumes.predict_with_volumes(segmenter, query, segmenter.prepare_volume_support(images, masks),
-                                 VolumeOptions(support_slices=2, skip_margin=None, coarse=1),  # every slice
-                                 progress=lambda d, t: stamps.append((time.perf_counter(), d, t)))
+    _every_slice(segmenter, query, images, masks, 2, progress=lambda d, t: stamps.append((time.perf_counter(), d, t)))
     done = [d for _, d, _ in stamps]
     # 16 slices x 2 labels = 32 tasks; max_batch_items 256 would allow them all in one pass, yet progress
     # moved slice by slice, each update within a few passes of the last
@@ -167,8 +171,7 @@ def test_passes_hold_at_least_the_minimum_of_support_items(segmenter, rng, monke
     monkeypatch.setattr(segmenter, "predict_torch", slow)
     monkeypatch.setattr(volume_run, "PROGRESS_EVERY_S", 0.01)
     monkeypatch.setattr(volume_run, "MIN_PASS_ITEMS", 8)
-    volumes.predict_with_volumes(segmenter, query, segmenter.prepare_volume_support(images, masks),
-                                 VolumeOptions(support_slices=2, skip_margin=None, coarse=1))  # every slice
+    _every_slice(segmenter, query, images, masks, 2)
     assert sum(batches) == 16 * 2 * 2 and min(batches) >= 8  # 32 tasks of 2 support items, 4 tasks a pass
 
 
