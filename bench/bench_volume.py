@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.metrics import compute_dice
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -168,8 +169,14 @@ def synthetic(n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = pred.sum() + truth.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(pred, truth).sum() / total)
+    """Dice of two boolean arrays; NaN where the truth is empty (MONAI's ``ignore_empty``), so that a label absent
+    from a case drops out of every config's mean alike instead of scoring 1 or 0 by what the config predicted."""
+    as_batch = [torch.from_numpy(np.ascontiguousarray(a))[None, None].float() for a in (pred, truth)]
+    return float(compute_dice(*as_batch, include_background=True, ignore_empty=True))
+
+
+def _cell(value: float) -> str:
+    return "-" if np.isnan(value) else f"{value:.3f}"  # "-": the label is absent from the case
 
 
 def pass_sizes(segmenter: Segmenter, pairs=((1, 16), (4, 16), (16, 16), (2, 8), (8, 8), (1, 64), (4, 1), (16, 1))):
@@ -260,11 +267,12 @@ def main() -> None:
             on_sub = [dice(mask[..., sub] == lab, truth[..., sub] == lab) for lab in labels]
             rows.append({"query": name, "config": config, "seconds": seconds * scale, "run_s": seconds,
                          "tasks": result.tasks, "skipped": len(result.skipped), "slices": result.slices,
-                         "wt": dice(mask > 0, truth > 0), "labels": per_label, "mean": float(np.mean(per_label)),
-                         "wt_sub": dice(mask[..., sub] > 0, truth[..., sub] > 0), "mean_sub": float(np.mean(on_sub))})
+                         "wt": dice(mask > 0, truth > 0), "labels": per_label, "mean": float(np.nanmean(per_label)),
+                         "wt_sub": dice(mask[..., sub] > 0, truth[..., sub] > 0),
+                         "mean_sub": float(np.nanmean(on_sub))})
             print(f"  {name} {config}: {seconds:.1f} s ({result.tasks} tasks); Dice WT {rows[-1]['wt']:.3f}, mean "
                   f"{rows[-1]['mean']:.3f}; on old's slices {rows[-1]['wt_sub']:.3f}, {rows[-1]['mean_sub']:.3f} "
-                  f"(per label {' '.join(f'{d:.3f}' for d in on_sub)})", flush=True)
+                  f"(per label {' '.join(_cell(d) for d in on_sub)})", flush=True)
 
     head = " | ".join(f"Dice {lab}" for lab in labels)
     print(f"\n| query | config | seconds | speed-up vs old | tasks | skipped slices | Dice WT | {head} | mean Dice | "
@@ -273,7 +281,7 @@ def main() -> None:
     for row in rows:
         old = next((r for r in rows if r["query"] == row["query"] and r["config"] == "old"), None)
         speed = f"{old['seconds'] / row['seconds']:.1f}x" if old else "-"
-        cells = " | ".join(f"{d:.3f}" for d in row["labels"])
+        cells = " | ".join(_cell(d) for d in row["labels"])
         seconds = f"{row['seconds']:.1f}"
         if row["seconds"] != row["run_s"]:
             seconds += f" ({row['run_s']:.1f} s for {row['slices']} slices)"
