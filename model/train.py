@@ -202,6 +202,9 @@ class Trainer:
         )
         self.step = 0
         self.seconds = 0.0
+        # the logged loss and Dice are EMAs over steps; kept in the resume state so that a resumed run's log goes
+        # on from where it stopped instead of restarting from one batch's value
+        self.log_ema: dict[str, float] = {}
         if tasks is None and cfg.data_pack:
             tasks = read_pack(cfg.data_pack)
         if tasks is None:
@@ -233,6 +236,7 @@ class Trainer:
         self.opt.load_state_dict(optim)
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
+        self.log_ema = {k: float(v) for k, v in state.get("log_ema", {}).items()}  # absent in older states
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at step %d", self.state_path, self.step)
 
@@ -250,6 +254,7 @@ class Trainer:
             "model": self.net.state_dict(),
             "step": self.step,
             "seconds": self.seconds,
+            "log_ema": dict(self.log_ema),
             "torch_rng": torch.get_rng_state(),
             "config": json.dumps(asdict(self.cfg)),
         }
@@ -300,7 +305,6 @@ class Trainer:
         )
         started = last_save = time.monotonic()
         seconds_at_start = self.seconds
-        ema_loss = ema_dice = None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True)
         logf = open(self.run_dir / "log.jsonl", "a")
         self.net.train()
@@ -310,19 +314,20 @@ class Trainer:
             for step, batch in loader:
                 assert step == self.step, f"data stream at step {step}, trainer at {self.step}"
                 loss, dice = self.train_step(batch)
-                ema_loss = loss if ema_loss is None else 0.98 * ema_loss + 0.02 * loss
-                ema_dice = dice if ema_dice is None else 0.98 * ema_dice + 0.02 * dice
+                for key, value in (("loss", loss), ("dice", dice)):
+                    old = self.log_ema.get(key)
+                    self.log_ema[key] = value if old is None else 0.98 * old + 0.02 * value
                 now = time.monotonic()
                 self.seconds = seconds_at_start + now - started
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema_loss:.3f}", dice=f"{ema_dice:.3f}")
+                bar.set_postfix(loss=f"{self.log_ema['loss']:.3f}", dice=f"{self.log_ema['dice']:.3f}")
                 if self.step % 25 == 0:
                     logf.write(
                         json.dumps(
                             {
                                 "step": self.step,
-                                "loss": ema_loss,
-                                "dice": ema_dice,
+                                "loss": self.log_ema["loss"],
+                                "dice": self.log_ema["dice"],
                                 "lr": lr_at(cfg, self.step - 1),
                                 "seconds": round(self.seconds, 1),
                             }

@@ -55,6 +55,8 @@ def test_resume_is_exact_with_wsd_and_ema(tmp_path):
         sa, sb = a.state_dict(), b.state_dict()
         for k in sa:
             assert torch.equal(sa[k], sb[k]), k
+    # the logged loss and Dice (EMAs over steps) go on across the resume, not from one batch after it
+    assert second.log_ema == straight.log_ema and set(straight.log_ema) == {"loss", "dice"}
     # the EMA is what is exported, and it is not the raw weights
     ema, raw = straight.ema.module.state_dict(), straight.net.state_dict()
     assert any(not torch.equal(ema[k], raw[k]) for k in raw)
