@@ -8,7 +8,9 @@ for both; only what the trainers do differs:
 * today: the previous defaults (fp32, MONAI per-image augmentation, the region-map generator only);
 * today + bf16: the same with bf16 autocast, as the first default model's run used it;
 * new: bf16, batched in-task augmentation, the second-generation episode mix (shape families, superpixel tasks),
-  torch threads fixed to the cores.
+  torch threads fixed to the cores;
+* new, contiguous memory format: the same without channels-last (which measured slower in float32 on an AVX2-only
+  CPU, faster on the machines with native bf16).
 
 A small in-memory dataset of generated tasks stands in for ../shared, so that real-dataset and superpixel
 episodes are part of the mix. torch.compile was measured slower for this network on these CPUs (about 1.4 s
