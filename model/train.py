@@ -165,6 +165,18 @@ def _atomic_save(obj: dict, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def _trim_log(path: Path, step: int) -> None:
+    """Drop the log lines past ``step``, the resume point: a process that died after its last checkpoint wrote
+    them, and the resumed run writes those steps again (exactly), so keeping them would log each step twice."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        write_atomic(path, "".join(kept).encode())
+        log.info("dropped %d log lines past step %d from %s", len(lines) - len(kept), step, path)
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast can pay off on ``device``: any accelerator, or a CPU whose oneDNN has bf16 kernels
     (AVX-512 BF16 or AMX); elsewhere the CPU emulates it."""
@@ -306,6 +318,7 @@ class Trainer:
         started = last_save = time.monotonic()
         seconds_at_start = self.seconds
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True)
+        _trim_log(self.run_dir / "log.jsonl", self.step)
         logf = open(self.run_dir / "log.jsonl", "a")
         self.net.train()
         stop = []  # SIGTERM (a machine going away, `kill`) ends the run after this step, with a checkpoint

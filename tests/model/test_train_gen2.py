@@ -1,5 +1,6 @@
 """The second-generation trainer: exact resume with WSD and the EMA, seeded generators, the pack, the GPU burst."""
 
+import json
 import os
 import subprocess
 import sys
@@ -48,9 +49,14 @@ def test_resume_is_exact_with_wsd_and_ema(tmp_path):
     straight.run()
     first = Trainer(_cfg(tmp_path / "b", 6, max_minutes=0.0), tasks=tasks)  # interrupted after its first step
     first.run()
+    with open(tmp_path / "b" / "log.jsonl", "a") as f:  # the interrupted process had logged past its checkpoint
+        f.write(json.dumps({"step": 5, "loss": 9.0, "dice": 0.0}) + "\n")
     second = Trainer(_cfg(tmp_path / "b", 6), tasks=tasks)
     assert second.step == 1
     second.run()
+    logged = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    straight_log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged] == [e["step"] for e in straight_log]  # the line past the checkpoint went
     for a, b in ((straight.net, second.net), (straight.ema.module, second.ema.module)):
         sa, sb = a.state_dict(), b.state_dict()
         for k in sa:
