@@ -1,8 +1,8 @@
 """The plots of docs/examples-guide.md, from the measurements it cites (nothing is measured here).
 
-    python scripts/plot-examples-guide.py  # docs/eval-gen3-decay2.json and docs/eval-select.json -> docs/*.png
+    python scripts/plot-examples-guide.py  # docs/eval-gen3-decay3.json and docs/eval-select.json -> docs/*.png
 
-- ``docs/examples-dice-vs-s.png``: Dice against the number of examples S (``icseg eval``, docs/eval-gen3-decay2.json:
+- ``docs/examples-dice-vs-s.png``: Dice against the number of examples S (``icseg eval``, docs/eval-gen3-decay3.json:
   the shipped model and the first default model, per held-out dataset and their mean);
 - ``docs/examples-selection.png``: Dice of k examples chosen by ``select=similar`` against ``random``, with and
   without ensembling, and the whole pool at once (``icseg eval --select``, docs/eval-select.json).
@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-# eval-gen3-decay2.json's names: "icseg" is the shipped default model, "previous" the first default model
+# eval-gen3-decay3.json's names: "icseg" is the shipped default model, "previous" the first default model
 MODELS = {"icseg": "shipped default", "previous": "first default model"}
 
 
@@ -139,7 +139,7 @@ def paired_differences(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--eval", type=Path, default=DOCS / "eval-gen3-decay2.json", help="icseg eval JSON (Dice vs S)")
+    parser.add_argument("--eval", type=Path, default=DOCS / "eval-gen3-decay3.json", help="icseg eval JSON (Dice vs S)")
     parser.add_argument("--select", type=Path, default=DOCS / "eval-select.json", help="icseg eval --select's JSON")
     parser.add_argument("--out", type=Path, default=DOCS, help="folder for the PNGs")
     args = parser.parse_args(argv)
