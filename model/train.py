@@ -170,8 +170,14 @@ def _trim_log(path: Path, step: int) -> None:
     them, and the resumed run writes those steps again (exactly), so keeping them would log each step twice."""
     if not path.exists():
         return
+    def before(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except json.JSONDecodeError:  # a line cut short by the kill: it is past the checkpoint too
+            return False
+
     lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if not line.strip() or json.loads(line).get("step", 0) <= step]
+    kept = [line for line in lines if line.strip() and before(line)]
     if len(kept) < len(lines):
         write_atomic(path, "".join(kept).encode())
         log.info("dropped %d log lines past step %d from %s", len(lines) - len(kept), step, path)
