@@ -201,3 +201,25 @@ def test_missing_default_weights_names_the_setting(tmp_path, monkeypatch):
 def test_missing_file_raises(tmp_path):
     with pytest.raises(WeightsError, match="ICSEG_WEIGHTS"):
         load_model(tmp_path / "nowhere.pt")
+
+
+def test_average_weights_script_writes_the_mean_of_its_inputs(tmp_path, tiny_config):
+    """scripts/average-weights.py: every parameter of the output is the mean of the inputs', and it loads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"in{seed}.safetensors")
+        save_checkpoint(build_network(tiny_config), paths[-1], metadata={"steps": str(seed)})
+    out = tmp_path / "soup" / "model.safetensors"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "average-weights.py"
+    subprocess.run([sys.executable, str(script), *map(str, paths), "--out", str(out)], check=True)
+    soup, a, b = (load_model(p, channels_last=False).state_dict() for p in (out, *paths))
+    for name, value in soup.items():
+        torch.testing.assert_close(value, (a[name] + b[name]) / 2)
+    assert not torch.equal(a[next(iter(a))], b[next(iter(b))])  # the two inputs differ, so the mean is a real test
+    meta = read_metadata(out)
+    assert meta["steps"] == "1" and str(paths[1]) in meta["averaged_from"]
