@@ -15,28 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
+from torch.optim.swa_utils import AveragedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.weights import load_model, read_metadata, save_checkpoint  # noqa: E402
-
-
-def average_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Mean of floating-point tensors key by key; other tensors must agree across inputs."""
-    keys = states[0].keys()
-    if any(s.keys() != keys for s in states[1:]):
-        raise SystemExit("the checkpoints have different parameter names: not one network config")
-    out = {}
-    for k in keys:
-        values = [s[k] for s in states]
-        if values[0].is_floating_point():
-            out[k] = torch.stack([v.float() for v in values]).mean(0).to(values[0].dtype)
-        elif all(torch.equal(values[0], v) for v in values[1:]):
-            out[k] = values[0]
-        else:
-            raise SystemExit(f"non-float tensor {k} differs between checkpoints; cannot average it")
-    return out
 
 
 def main() -> None:
@@ -49,11 +32,13 @@ def main() -> None:
     nets = [load_model(path, channels_last=False) for path in args.inputs]
     if any(n.config != nets[0].config for n in nets[1:]):
         raise SystemExit("the checkpoints have different network configs")
-    nets[0].load_state_dict(average_state([n.state_dict() for n in nets]))
+    soup = AveragedModel(nets[0], use_buffers=True)  # the default averaging is the equal-weight running mean
+    for net in nets:
+        soup.update_parameters(net)
     meta = {k: v for k, v in read_metadata(args.inputs[0]).items() if k not in ("config", "format")}
     meta["averaged_from"] = [str(path) for path in args.inputs]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(nets[0], args.out, meta)
+    save_checkpoint(soup.module, args.out, meta)
     print(f"wrote {args.out}: the mean of {len(args.inputs)} checkpoints")
 
 
