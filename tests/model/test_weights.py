@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -205,10 +209,6 @@ def test_missing_file_raises(tmp_path):
 
 def test_average_weights_script_writes_the_mean_of_its_inputs(tmp_path, tiny_config):
     """scripts/average-weights.py: every parameter of the output is the mean of the inputs', and it loads."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     paths = []
     for seed in (1, 2):
         torch.manual_seed(seed)
